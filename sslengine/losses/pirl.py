@@ -1,0 +1,108 @@
+"""The PIRL loss (Misra & van der Maaten 2020, "Self-Supervised Learning of Pretext-Invariant
+Representations", eq. 2-5): noise-contrastive estimation against a memory bank.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def _scores(v: Tensor, positive: Tensor, negatives: Tensor, temperature: float):
+    # s(u, v) / tau with cosine similarity s; (N,) for the positive, (N, n_neg) for negatives.
+    pos = (v * positive).sum(dim=1) / temperature
+    if negatives.dim() == 2:  # shared negatives (n_neg, D)
+        neg = v @ negatives.T / temperature
+    else:  # per-sample negatives (N, n_neg, D)
+        neg = torch.einsum("nd,nkd->nk", v, negatives) / temperature
+    return pos, neg
+
+
+def pirl_nce(
+    f_img: Tensor,
+    g_jig: Tensor,
+    memory_pos: Tensor,
+    memory_neg: Tensor,
+    temperature: float = 0.07,
+    *,
+    dataset_size: int | None = None,
+    lambda_: float = 0.5,
+    variant: Literal["nce", "infonce"] = "nce",
+    log_norm_constant: float | Tensor = 0.0,
+) -> Tensor:
+    """``L = lambda_ * L_NCE(m_I, g(v_It)) + (1 - lambda_) * L_NCE(m_I, f(v_I))`` (PIRL eq. 5).
+
+    ``variant="nce"`` (the paper, eq. 2-3): with ``h(u, v) = exp(s(u,v)/tau) /
+    (exp(s(u,v)/tau) + |D_N|/|D|)``,
+    ``L_NCE(m_I, v) = -log h(m_I, v) - sum_{I' in D_N} log(1 - h(v, m_I'))``.
+    Since ``h = sigmoid(s/tau - log(|D_N|/|D|))`` it is computed with ``logsigmoid``, which
+    stays finite at any temperature. ``log_norm_constant`` subtracts ``log Z`` from every score,
+    i.e. ``exp(s/tau)`` is read as the unnormalised density ``exp(s/tau) / Z``; the paper's
+    formula is ``Z = 1`` (the default). Wu et al. 2018 / VISSL estimate Z once from the first
+    batch (``Z = |D| * mean exp(s/tau)``); pass its log here to reproduce them.
+
+    ``variant="infonce"`` replaces the binary NCE terms by the softmax cross-entropy that most
+    reimplementations use: ``-log exp(s(m_I,v)/tau) / (exp(s(m_I,v)/tau) + sum_{I'}
+    exp(s(v,m_I')/tau))`` (``dataset_size`` and ``log_norm_constant`` are then unused).
+
+    Args:
+        f_img: (N, D) features f(v_I) of the untransformed images.
+        g_jig: (N, D) features g(v_It) of their jigsaw-transformed patches.
+        memory_pos: (N, D) memory-bank entries m_I of the same images (no gradient).
+        memory_neg: (N, n_neg, D) per-sample negatives m_I', or (n_neg, D) shared by the batch,
+            sampled from the bank (no gradient). The same negatives serve both terms.
+        temperature: tau (0.07 in PIRL).
+        dataset_size: |D|, the number of images the bank holds; required by ``"nce"``.
+        lambda_: weight of the transformed-image term (0.5 in PIRL).
+        variant: ``"nce"`` (paper) or ``"infonce"`` (softmax).
+        log_norm_constant: log Z, see above.
+
+    All features are L2-normalised here (s is cosine similarity). Returns a scalar: the mean
+    over the N images of the per-image loss (each summing over its negatives).
+
+    Distributed convention: every rank holds the same bank; the loss is a mean over local
+    images, so DDP's gradient averaging equals the one-process gradient (equal local batch
+    sizes). No collective happens here.
+    """
+    if f_img.shape != g_jig.shape or f_img.shape != memory_pos.shape or f_img.dim() != 2:
+        raise ValueError(
+            "f_img, g_jig and memory_pos must all be (N, D); got "
+            f"{tuple(f_img.shape)}, {tuple(g_jig.shape)}, {tuple(memory_pos.shape)}"
+        )
+    if memory_neg.dim() not in (2, 3) or memory_neg.shape[-1] != f_img.shape[1]:
+        raise ValueError(f"memory_neg must be (N, n_neg, D) or (n_neg, D); got {memory_neg.shape}")
+    if memory_neg.dim() == 3 and memory_neg.shape[0] != f_img.shape[0]:
+        raise ValueError(f"memory_neg has {memory_neg.shape[0]} rows for {f_img.shape[0]} images")
+    if variant not in ("nce", "infonce"):
+        raise ValueError(f"variant must be 'nce' or 'infonce', got {variant!r}")
+
+    f_img = F.normalize(f_img, dim=1)
+    g_jig = F.normalize(g_jig, dim=1)
+    m_pos = F.normalize(memory_pos.detach().to(f_img.dtype), dim=-1)
+    m_neg = F.normalize(memory_neg.detach().to(f_img.dtype), dim=-1)
+    n_neg = m_neg.shape[-2]
+
+    if variant == "nce":
+        if dataset_size is None or dataset_size < 1:
+            raise ValueError("variant='nce' needs dataset_size = |D|, the number of bank entries")
+        # logit of h: s/tau - log Z - log(|D_N| / |D|); log(1 - h) = logsigmoid(-logit).
+        shift = log_norm_constant + math.log(n_neg / dataset_size)
+
+        def l_nce(v: Tensor) -> Tensor:
+            pos, neg = _scores(v, m_pos, m_neg, temperature)
+            per_image = -F.logsigmoid(pos - shift) - F.logsigmoid(-(neg - shift)).sum(dim=1)
+            return per_image.mean()
+
+    else:
+
+        def l_nce(v: Tensor) -> Tensor:
+            pos, neg = _scores(v, m_pos, m_neg, temperature)
+            logits = torch.cat([pos[:, None], neg], dim=1)
+            labels = torch.zeros(v.shape[0], dtype=torch.long, device=v.device)
+            return F.cross_entropy(logits, labels)
+
+    return lambda_ * l_nce(g_jig) + (1 - lambda_) * l_nce(f_img)

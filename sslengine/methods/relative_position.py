@@ -1,0 +1,42 @@
+"""Relative patch position (Doersch et al. 2015, "Unsupervised Visual Representation Learning
+by Context Prediction"): a centre patch and one of its 8 neighbours, separated by gaps and
+jittered, with colour dropping against chromatic aberration; both through the same trunk, the
+concatenated features classified into the 8 positions."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from sslengine.data.pretext import relative_patch_batch
+from sslengine.losses import pretext_cross_entropy
+from sslengine.methods.base import StepOutput, register
+from sslengine.methods.pretext_base import PretextMethod
+
+
+@register("relative_position")
+class RelativePosition(PretextMethod):
+    def __init__(self, cfg, dataset_size, mean, std):
+        super().__init__(cfg, dataset_size, mean, std)
+        d = self.backbone.out_dim
+        self.head = nn.Sequential(nn.Linear(2 * d, 512), nn.ReLU(inplace=True), nn.Linear(512, 8))
+
+    def make_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
+        x = self.light_view(images, generator)  # normalised float
+        c = self.cfg.relative_position
+        centre, neighbour, labels = relative_patch_batch(
+            x,
+            generator=generator,
+            gap=c.patch_gap if c.patch_gap else None,
+            color_drop=c.color_drop,
+        )
+        return [centre, neighbour, labels.to(x.device)]
+
+    def forward(self, views: list[Tensor], indices: Tensor) -> StepOutput:
+        centre, neighbour, labels = views
+        n = centre.shape[0]
+        h = self.backbone(torch.cat([centre, neighbour]))
+        logits = self.head(torch.cat([h[:n], h[n:]], dim=1))
+        loss = pretext_cross_entropy(logits, labels)
+        acc = (logits.argmax(1) == labels).float().mean()
+        return StepOutput(loss=loss, features=h[:n].detach(), metrics={"pretext_acc": acc})

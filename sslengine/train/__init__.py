@@ -1,0 +1,1 @@
+"""One training loop for every method, its optimisers, schedules, checkpoints and reporters."""

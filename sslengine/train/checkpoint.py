@@ -1,0 +1,44 @@
+"""Checkpoints: everything a resumed run needs to continue exactly, loaded with weights_only."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def checkpoint_path(directory: Path, step: int) -> Path:
+    return Path(directory) / f"step_{step:08d}.pt"
+
+
+def save_checkpoint(state: dict[str, Any], directory: Path, step: int) -> Path:
+    """Write atomically (temp file + rename) so a crash mid-write never leaves a torn file.
+
+    On a full disk or an unwritable folder the OSError propagates with its message; earlier
+    checkpoints are untouched because nothing is ever overwritten in place.
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    path = checkpoint_path(directory, step)
+    tmp = path.with_suffix(".pt.tmp")
+    try:
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
+    """Load with weights_only=True: a checkpoint can never execute code on load."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    return torch.load(path, map_location=map_location, weights_only=True)
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    files = sorted(Path(directory).glob("step_*.pt")) if Path(directory).is_dir() else []
+    return files[-1] if files else None

@@ -1,0 +1,157 @@
+"""Run a stored run as a child process group and record how it ended.
+
+The Celery task is a thin adapter around `supervise_run`: it never imports CUDA-touching code;
+the training happens in `python -m sslengine.train.launch`, started in a new session so that
+the launcher, torchrun and every rank share one process group that can be signalled at once.
+
+Cancel: a flag in the store. Rank 0 sees it at its next metric flush, checkpoints and exits.
+If the group has not exited within `grace_s`, it gets SIGTERM, then SIGKILL `kill_after_s`
+later. Whatever happens, the group is SIGKILLed on the way out: no orphan keeps a GPU.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from sslengine.store import Store
+from sslengine.store.artifacts import run_artifact_dir
+from sslengine.train.entry import EXIT_CANCELLED
+
+log = logging.getLogger(__name__)
+TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+@dataclass
+class Outcome:
+    status: str
+    returncode: int | None
+    error: str | None = None
+
+
+def kill_group(pgid: int, sig: int = signal.SIGKILL) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _error_text(workdir: Path, log_path: Path) -> str:
+    errors = sorted(workdir.glob("error_rank*.txt"))
+    if errors:
+        return "\n".join(f"[{e.stem}] {e.read_text(errors='replace')[-4000:]}" for e in errors)
+    try:
+        return log_path.read_text(errors="replace")[-4000:]
+    except OSError:
+        return "the training process failed without output"
+
+
+def supervise_run(
+    run_id: str,
+    store: Store | None = None,
+    worker_id: str | None = None,
+    grace_s: float = 30.0,
+    kill_after_s: float = 10.0,
+    poll_s: float = 0.5,
+    lease_ttl_s: float = 120.0,
+) -> Outcome:
+    store = store or Store.default()
+    worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+    run = store.get_run(run_id)
+    if run is None:
+        return Outcome("missing", None, f"run {run_id} does not exist")
+    if run.status in TERMINAL:
+        return Outcome(run.status, None, "already finished")
+    if run.cancel_requested:
+        store.set_status(run_id, "cancelled")
+        return Outcome("cancelled", None)
+    if not store.acquire_lease(run_id, worker_id, lease_ttl_s):
+        # Another worker holds the run (e.g. a broker redelivery): never train it twice.
+        return Outcome("duplicate", None, "run is leased by another worker")
+
+    workdir = run_artifact_dir(run_id)
+    for stale in workdir.glob("error_rank*.txt"):
+        stale.unlink()
+    (workdir / "config.json").write_text(json.dumps(run.config))
+    log_path = workdir / "train.log"
+    ckpt = store.latest_checkpoint(run_id)
+    devices = str(run.config.get("train", {}).get("devices", 1))
+    cmd = [
+        sys.executable,
+        "-m",
+        "sslengine.train.launch",
+        "--run-id",
+        run_id,
+        "--workdir",
+        str(workdir),
+        "--devices",
+        devices,
+    ]
+    if ckpt is not None and Path(ckpt.path).is_file():
+        cmd += ["--resume", ckpt.path]
+    store.update_run(run_id, worker_host=socket.gethostname(), log_path=str(log_path), error=None)
+    store.set_status(run_id, "running")
+    store.heartbeat(run_id, socket.gethostname())
+
+    with open(log_path, "ab") as logf:
+        proc = subprocess.Popen(
+            cmd,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=os.environ.copy(),
+        )
+    pgid = proc.pid
+    cancel_seen_at: float | None = None
+    termed_at: float | None = None
+    try:
+        while proc.poll() is None:
+            time.sleep(poll_s)
+            try:
+                store.acquire_lease(run_id, worker_id, lease_ttl_s)
+                if cancel_seen_at is None and store.cancel_requested(run_id):
+                    cancel_seen_at = time.monotonic()
+            except Exception as err:  # noqa: BLE001 - a blip in the store must not kill the run
+                log.warning("store unavailable while supervising %s: %s", run_id, err)
+            now = time.monotonic()
+            if cancel_seen_at is not None and termed_at is None and now - cancel_seen_at > grace_s:
+                kill_group(pgid, signal.SIGTERM)
+                termed_at = now
+            if termed_at is not None and now - termed_at > kill_after_s:
+                kill_group(pgid, signal.SIGKILL)
+        rc = proc.returncode
+    finally:
+        if proc.poll() is None:
+            kill_group(pgid, signal.SIGTERM)
+            try:
+                proc.wait(timeout=kill_after_s)
+            except subprocess.TimeoutExpired:
+                pass
+        kill_group(pgid, signal.SIGKILL)  # stragglers (ranks) that outlived the launcher
+        proc.wait()
+
+    if rc == 0:
+        outcome = Outcome("succeeded", rc)
+    elif rc == EXIT_CANCELLED or cancel_seen_at is not None or store.cancel_requested(run_id):
+        outcome = Outcome("cancelled", rc)
+    else:
+        outcome = Outcome("failed", rc, _error_text(workdir, log_path))
+    store.set_status(run_id, outcome.status, error=outcome.error)
+    store.release_lease(run_id, worker_id)
+    return outcome

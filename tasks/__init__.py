@@ -1,0 +1,1 @@
+"""Celery adapters: they move a run id to a process; the work itself lives in sslengine."""

@@ -1,0 +1,69 @@
+"""Submitting a run: validate, record it as `queued`, then enqueue its id.
+
+The broker is checked before anything is written, so an unreachable Redis gives a message with
+its URL and leaves no orphan `queued` row behind.
+"""
+
+from __future__ import annotations
+
+from sslengine.config import ExperimentConfig, parse_config
+from sslengine.settings import redis_url
+from sslengine.store import Store
+
+
+class BrokerUnavailable(RuntimeError):
+    pass
+
+
+def check_broker(url: str | None = None, timeout_s: float = 2.0) -> None:
+    import redis
+
+    url = url or redis_url()
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=timeout_s, socket_timeout=timeout_s).ping()
+    except Exception as err:  # noqa: BLE001 - any failure means: cannot queue
+        raise BrokerUnavailable(
+            f"cannot reach Redis at {url} ({err.__class__.__name__}: {err}); is the broker running?"
+        ) from None
+
+
+def submit(
+    config: ExperimentConfig | dict,
+    name: str = "",
+    notes: str = "",
+    owner: str = "local",
+    store: Store | None = None,
+    queue: str | None = None,
+) -> str:
+    cfg = config if isinstance(config, ExperimentConfig) else parse_config(config)
+    check_broker()
+    store = store or Store.default()
+    run_id = store.create_run(
+        cfg.model_dump(mode="json"),
+        name=name or cfg.name or f"{cfg.method}-{cfg.dataset.name}",
+        notes=notes,
+        owner=owner,
+        method=cfg.method,
+        dataset=cfg.dataset.name,
+        backbone=cfg.backbone.name,
+    )
+    enqueue(run_id, queue=queue)
+    return run_id
+
+
+def enqueue(run_id: str, queue: str | None = None) -> str:
+    from tasks.pretrain import pretrain_run
+
+    result = pretrain_run.apply_async(args=[run_id], queue=queue)
+    return result.id
+
+
+def cancel(run_id: str, store: Store | None = None) -> None:
+    """Set the cancel flag; a queued run is cancelled at once, a running one between steps."""
+    store = store or Store.default()
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"run {run_id} does not exist")
+    store.request_cancel(run_id)
+    if run.status == "queued":
+        store.set_status(run_id, "cancelled")

@@ -1,0 +1,69 @@
+"""The walking skeleton through real parts: Redis, a Celery worker process, SQLite store."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import pytest
+
+from services_fixtures import tiny_simclr, wait_for_status
+from sslengine.config import parse_config
+from sslengine.store import Store
+from tasks.submit import BrokerUnavailable, cancel, submit
+
+pytestmark = pytest.mark.integration
+
+
+def test_simclr_run_through_queue_succeeds_and_learns(celery_worker, queue_name, redis_url):
+    store = Store.default()
+    cfg = parse_config(tiny_simclr(epochs=6))
+    run_id = submit(cfg, name="skeleton", store=store, queue=queue_name)
+    assert store.get_run(run_id).status in {"queued", "running", "succeeded"}
+    status = wait_for_status(store, run_id, {"succeeded", "failed", "cancelled"}, 600)
+    run = store.get_run(run_id)
+    assert status == "succeeded", run.error
+    steps, losses = store.metric_series(run_id, "loss")
+    assert len(steps) >= 5 and steps == sorted(steps)
+    first, last = np.mean(losses[:3]), np.mean(losses[-3:])
+    assert last < first, f"loss did not decrease on average: {first:.3f} -> {last:.3f}"
+    knn = store.last_metric(run_id, "knn_top1_k20")
+    assert knn is not None and knn[1] > 0.3, knn  # 10 digit classes: chance is 0.1
+    assert store.list_checkpoints(run_id)
+    assert run.progress == pytest.approx(1.0)
+    assert {"lr", "throughput", "embed_std", "effective_rank"} <= set(store.metric_keys(run_id))
+
+
+def test_cancel_running_run_kills_process_group(celery_worker, queue_name):
+    store = Store.default()
+    cfg = parse_config(tiny_simclr(epochs=200, log_every=1))
+    run_id = submit(cfg, name="to-cancel", store=store, queue=queue_name)
+    wait_for_status(store, run_id, {"running"}, 120)
+    deadline = time.monotonic() + 120
+    while store.last_metric(run_id, "loss") is None and time.monotonic() < deadline:
+        time.sleep(0.3)
+    cancel(run_id, store=store)
+    assert wait_for_status(store, run_id, {"cancelled", "failed", "succeeded"}, 120) == "cancelled"
+    # every process that ran the training (launcher and ranks) is gone
+    assert training_processes(run_id) == [], "processes left behind"
+
+
+def training_processes(run_id: str) -> list[str]:
+    """Command lines of live processes that train `run_id` (launcher, torchrun, ranks)."""
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline", "status"]):
+        cmd = " ".join(p.info["cmdline"] or [])
+        if "sslengine.train" in cmd and run_id in cmd and p.info["status"] != "zombie":
+            found.append(cmd)
+    return found
+
+
+def test_unreachable_broker_names_url_and_queues_nothing(ssl_home, monkeypatch):
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    store = Store.default()
+    before = len(store.list_runs())
+    with pytest.raises(BrokerUnavailable, match=r"redis://127.0.0.1:1/0"):
+        submit(parse_config(tiny_simclr()), store=store)
+    assert len(store.list_runs()) == before
