@@ -67,3 +67,30 @@ def cancel(run_id: str, store: Store | None = None) -> None:
     store.request_cancel(run_id)
     if run.status == "queued":
         store.set_status(run_id, "cancelled")
+
+
+def resume(run_id: str, store: Store | None = None, queue: str | None = None) -> None:
+    """Queue a stopped run again; the worker resumes it from its latest checkpoint."""
+    store = store or Store.default()
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"run {run_id} does not exist")
+    if run.status in ("queued", "running"):
+        raise ValueError(f"run {run_id} is {run.status}; only a stopped run can be resumed")
+    check_broker()
+    store.set_status(run_id, "queued")
+    enqueue(run_id, queue=queue)
+
+
+def delete(run_id: str, store: Store | None = None) -> None:
+    """Delete a run's rows and its artifact folder. A live run is cancelled first."""
+    from sslengine.store import remove_run_artifacts
+
+    store = store or Store.default()
+    run = store.get_run(run_id)
+    if run is None:
+        raise KeyError(f"run {run_id} does not exist")
+    if run.status in ("queued", "running"):
+        raise ValueError(f"run {run_id} is {run.status}; cancel it before deleting it")
+    store.delete_run(run_id)
+    remove_run_artifacts(run_id)

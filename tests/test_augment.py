@@ -6,6 +6,7 @@ import colorsys
 import dataclasses
 import math
 import time
+import warnings
 
 import numpy as np
 import pytest
@@ -322,11 +323,17 @@ def test_blur_kernel_is_ten_percent_of_size_and_odd():
     assert [ViewConfig(size=s).blur_kernel_size for s in (18, 32, 96, 224)] == [3, 3, 9, 23]
 
 
-def test_to_tensor_batch_layout():
+def test_to_tensor_batch_layout(tmp_path):
     a = np.arange(2 * 3 * 4 * 3, dtype=np.uint8).reshape(2, 3, 4, 3)
     t = to_tensor_batch(a)
-    assert t.shape == (2, 3, 3, 4) and t.dtype == torch.uint8
+    assert t.shape == (2, 3, 3, 4) and t.dtype == torch.uint8 and t.is_contiguous()
     assert t[1, 2, 0, 3].item() == a[1, 0, 3, 2]
+    # A read-only memmap (the dataset cache) converts without torch's non-writable warning.
+    np.save(tmp_path / "a.npy", a)
+    mm = np.load(tmp_path / "a.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert torch.equal(to_tensor_batch(mm[:1]), t[:1])
 
 
 def test_multicrop_imagenet_setting():

@@ -122,11 +122,14 @@ def test_imagefolder_cache_is_not_redecoded_and_invalidates_on_new_files(tmp_pat
     os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns))
     again = load_dataset("imagefolder", root, "train", 16, cache)
     assert again.skipped == 0 and np.array_equal(np.asarray(again.images), first)
-    # A new file changes the fingerprint: rebuilt, and now the zeroed file is skipped.
-    Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "dog" / "99.png")
+    # A newer mtime changes the fingerprint: rebuilt, and now the zeroed file is skipped.
+    os.utime(victim, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
     rebuilt = load_dataset("imagefolder", root, "train", 16, cache)
-    assert len(rebuilt) == len(first) and rebuilt.skipped == 1
+    assert len(rebuilt) == len(first) - 1 and rebuilt.skipped == 1
     assert rebuilt.skipped_files == [os.path.join("cat", "00.png")]
+    # So does a new file.
+    Image.new("RGB", (20, 20), (1, 2, 3)).save(root / "dog" / "99.png")
+    assert len(load_dataset("imagefolder", root, "train", 16, cache)) == len(first)
 
 
 def _load_in_child(root: str, cache: str, queue) -> None:

@@ -264,24 +264,18 @@ def rgb_to_hsv(x: Tensor) -> Tensor:
     return torch.stack((h, s, maxc), dim=1)
 
 
-# For sector k = floor(6h), which of (v, p, q, t) each of r, g, b takes.
-_HSV_SECTORS = ((0, 2, 1, 1, 3, 0), (3, 0, 0, 2, 1, 1), (1, 1, 3, 0, 0, 2))
-
-
 def hsv_to_rgb(x: Tensor) -> Tensor:
-    """(B, 3, H, W) HSV -> RGB, the inverse of ``rgb_to_hsv``."""
-    h, s, v = x.unbind(dim=1)
-    h6 = h * 6.0
-    sector = torch.floor(h6)
-    f = h6 - sector
-    sector = torch.remainder(sector.long(), 6)
-    p = (v * (1.0 - s)).clamp(0.0, 1.0)
-    q = (v * (1.0 - s * f)).clamp(0.0, 1.0)
-    t = (v * (1.0 - s * (1.0 - f))).clamp(0.0, 1.0)
-    vpqt = torch.stack((v, p, q, t), dim=1)  # (B, 4, H, W)
-    table = torch.tensor(_HSV_SECTORS, device=x.device)  # (3, 6)
-    pick = table[:, sector].permute(1, 0, 2, 3)  # (B, 3, H, W) indices into vpqt
-    return vpqt.gather(1, pick)
+    """(B, 3, H, W) HSV -> RGB, the inverse of ``rgb_to_hsv``.
+
+    Closed form without sector lookups: channel n in (5, 3, 1) for (r, g, b) is
+    v - v*s*clamp(min(k, 4 - k), 0, 1) with k = (n + 6h) mod 6. Purely elementwise, so no
+    (B, 3, H, W) int64 index tensor is materialised on the GPU.
+    """
+    h, s, v = x[:, :1], x[:, 1:2], x[:, 2:]
+    n = torch.tensor([5.0, 3.0, 1.0], device=x.device, dtype=x.dtype)[None, :, None, None]
+    k = torch.remainder(n + 6.0 * h, 6.0)
+    ramp = torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+    return (v - v * s * ramp).clamp(0.0, 1.0)
 
 
 def _blend(a: Tensor, b: Tensor, ratio: Tensor) -> Tensor:
@@ -370,8 +364,11 @@ def to_tensor_batch(images: np.ndarray, device: torch.device | str | None = None
     """uint8 NHWC numpy (a memmap slice is fine) -> uint8 NCHW tensor, optionally moved."""
     if images.ndim != 4 or images.shape[-1] != 3:
         raise ValueError(f"expected (N, H, W, 3) images, got shape {images.shape}")
-    x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8))
-    x = x.permute(0, 3, 1, 2).contiguous()
+    # One copy, NHWC -> NCHW in numpy; a read-only memmap view must not reach torch as is.
+    chw = np.ascontiguousarray(np.asarray(images, dtype=np.uint8).transpose(0, 3, 1, 2))
+    if not chw.flags.writeable:
+        chw = chw.copy()
+    x = torch.from_numpy(chw)
     return x if device is None else x.to(device)
 
 

@@ -248,7 +248,7 @@ def _to_rgb(im: Image.Image) -> Image.Image:
         # "I" is PIL's 32-bit int mode; files that land there hold 16-bit samples unless
         # their values say otherwise.
         if mode != "I" or a.max(initial=0) > 255:
-            a = a
+            a = a / 257.0
         im = Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8))
     elif mode == "F":
         a = np.asarray(im).astype(np.float64)
