@@ -175,7 +175,7 @@ def migrate() -> None:
 
 @app.command()
 def worker(
-    queue: str = typer.Option("ssl", "-Q", help="queue to consume"),
+    queue: str = typer.Option(None, "-Q", help="queue to consume (default: $SSL_QUEUE or ssl)"),
     concurrency: int = typer.Option(1, "-c"),
 ) -> None:
     """Start one Celery worker (one training slot per process)."""

@@ -92,8 +92,12 @@ def ensure_redis(url: str | None = None) -> subprocess.Popen | None:
 
 
 def start_worker(
-    queue: str = "ssl", concurrency: int = 1, loglevel: str = "INFO", hostname: str | None = None
+    queue: str | None = None,
+    concurrency: int = 1,
+    loglevel: str = "INFO",
+    hostname: str | None = None,
 ) -> subprocess.Popen:
+    queue = queue or os.environ.get("SSL_QUEUE", "ssl")
     cmd = [
         sys.executable,
         "-m",

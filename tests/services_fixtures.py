@@ -33,6 +33,9 @@ def ssl_home(tmp_path_factory) -> Path:
     if CIFAR_TGZ.parent.is_dir():
         roots.append(str(CIFAR_TGZ.parent.parent))
     os.environ["SSL_DATASET_ROOTS"] = os.pathsep.join(roots)
+    # fast fault detection for the watchdog tests (workers inherit these)
+    os.environ["SSL_HEARTBEAT_TIMEOUT"] = "8"
+    os.environ["SSL_WATCHDOG_INTERVAL"] = "1"
     from sslengine.store import migrate
 
     migrate()
@@ -113,7 +116,7 @@ def stop_process_group(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="session")
-def celery_worker(redis_url, ssl_home, queue_name):
+def celery_worker(redis_url, ssl_home, queue_name, celery_queue_env):
     """A real Celery worker process consuming this session's queue."""
     proc = start_worker_process(queue_name, ssl_home / "worker.log", "w1")
     yield proc

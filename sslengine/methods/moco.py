@@ -32,7 +32,10 @@ class MoCo(Method):
     def __init__(self, cfg, dataset_size, mean, std):
         super().__init__(cfg, dataset_size, mean, std)
         c = cfg.moco
-        self.projector = projection_mlp(self.backbone.out_dim, c.proj_hidden_dim, c.proj_dim)
+        # MoCo v2 (Chen et al. 2020): a 2-layer MLP head with ReLU and no BN
+        self.projector = projection_mlp(
+            self.backbone.out_dim, c.proj_hidden_dim, c.proj_dim, hidden_bn=False
+        )
         self.momentum_backbone = copy.deepcopy(self.backbone)
         self.momentum_projector = copy.deepcopy(self.projector)
         for p in [*self.momentum_backbone.parameters(), *self.momentum_projector.parameters()]:

@@ -81,7 +81,7 @@ class SwAV(Method):
             use_queue = c.queue_size and int(self.queue_filled) >= c.queue_size
             if use_queue:
                 s = torch.cat([s, self.prototypes(self.queue[i]).detach()])
-            codes.append(sinkhorn_knopp(s.float(), c.epsilon, c.sinkhorn_iterations)[:n])
+            codes.append(sinkhorn_knopp(s, c.epsilon, c.sinkhorn_iterations)[:n])
         if c.queue_size and self.training:
             with torch.no_grad():
                 for i in range(c.n_large_crops):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,18 @@ def save_checkpoint(state: dict[str, Any], directory: Path, step: int) -> Path:
     directory.mkdir(parents=True, exist_ok=True)
     path = checkpoint_path(directory, step)
     tmp = path.with_suffix(".pt.tmp")
+    # Serialise in memory, then write with plain file I/O: a full disk then surfaces as the
+    # kernel's ENOSPC ("No space left on device") instead of torch's opaque zip-writer error.
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
     try:
-        torch.save(state, tmp)
+        with open(tmp, "wb") as f:
+            f.write(buffer.getbuffer())
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+    except OSError as err:
+        raise OSError(err.errno, f"cannot write checkpoint {path}: {err.strerror}") from err
     finally:
         tmp.unlink(missing_ok=True)
     return path

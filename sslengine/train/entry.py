@@ -26,6 +26,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resume", type=Path, default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    from sslengine.train.lifeline import die_with_parent
+
+    die_with_parent()  # a rank never outlives its launcher (torchrun or the supervisor)
 
     import json
 

@@ -7,6 +7,7 @@ never touch the store.
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 from collections import deque
@@ -117,13 +118,18 @@ class StoreReporter:
         except Exception:  # noqa: BLE001
             return False
 
-    def close(self) -> None:
-        for _ in range(5):
+    def close(self, retry_s: float | None = None) -> None:
+        """Flush what is left, retrying for `retry_s` (SSL_STORE_RETRY_S, default 120 s)."""
+        if retry_s is None:
+            retry_s = float(os.environ.get("SSL_STORE_RETRY_S", "120"))
+        deadline = time.monotonic() + retry_s
+        while True:
             self.flush()
-            if not self._pending:
-                return
+            if not self._pending or time.monotonic() > deadline:
+                break
             time.sleep(1.0)
-        log.error("dropping %d metric rows: store unreachable", len(self._pending))
+        if self._pending:
+            log.error("dropping %d metric rows: store unreachable", len(self._pending))
 
 
 class TqdmReporter:

@@ -25,9 +25,16 @@ from pathlib import Path
 from sslengine.store import Store
 from sslengine.store.artifacts import run_artifact_dir
 from sslengine.train.entry import EXIT_CANCELLED
+from sslengine.train.lifeline import die_with_parent
 
 log = logging.getLogger(__name__)
 TERMINAL = {"succeeded", "failed", "cancelled"}
+
+
+def heartbeat_timeout_s() -> float:
+    """Seconds without a heartbeat after which a running run counts as lost (and its lease
+    expires): SSL_HEARTBEAT_TIMEOUT, default 60."""
+    return float(os.environ.get("SSL_HEARTBEAT_TIMEOUT", "60"))
 
 
 @dataclass
@@ -69,9 +76,11 @@ def supervise_run(
     grace_s: float = 30.0,
     kill_after_s: float = 10.0,
     poll_s: float = 0.5,
-    lease_ttl_s: float = 120.0,
+    lease_ttl_s: float | None = None,
 ) -> Outcome:
     store = store or Store.default()
+    if lease_ttl_s is None:
+        lease_ttl_s = heartbeat_timeout_s()
     worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
     run = store.get_run(run_id)
     if run is None:
@@ -109,6 +118,7 @@ def supervise_run(
     store.set_status(run_id, "running")
     store.heartbeat(run_id, socket.gethostname())
 
+    parent = os.getpid()
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             cmd,
@@ -116,6 +126,7 @@ def supervise_run(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=os.environ.copy(),
+            preexec_fn=lambda: die_with_parent(parent),
         )
     pgid = proc.pid
     cancel_seen_at: float | None = None
@@ -124,7 +135,10 @@ def supervise_run(
         while proc.poll() is None:
             time.sleep(poll_s)
             try:
+                # the supervisor's heartbeat says "this worker is alive"; the watchdog marks
+                # a run lost when it stops (see sslengine.train.watchdog)
                 store.acquire_lease(run_id, worker_id, lease_ttl_s)
+                store.heartbeat(run_id, socket.gethostname())
                 if cancel_seen_at is None and store.cancel_requested(run_id):
                     cancel_seen_at = time.monotonic()
             except Exception as err:  # noqa: BLE001 - a blip in the store must not kill the run
