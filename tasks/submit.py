@@ -58,23 +58,42 @@ def enqueue(run_id: str, queue: str | None = None) -> str:
     return result.id
 
 
-def cancel(run_id: str, store: Store | None = None) -> None:
-    """Set the cancel flag; a queued run is cancelled at once, a running one between steps."""
-    store = store or Store.default()
+def check_permission(run, user: str | None, is_admin: bool, action: str) -> None:
+    """Only a run's owner or an admin may cancel, resume or delete it (user None: local mode)."""
+    if user is not None and not is_admin and run.owner != user:
+        raise PermissionError(f"{user} may not {action} run {run.id}: it belongs to {run.owner}")
+
+
+def _get(store: Store, run_id: str):
     run = store.get_run(run_id)
     if run is None:
         raise KeyError(f"run {run_id} does not exist")
+    return run
+
+
+def cancel(
+    run_id: str, store: Store | None = None, user: str | None = None, is_admin: bool = False
+) -> None:
+    """Set the cancel flag; a queued run is cancelled at once, a running one between steps."""
+    store = store or Store.default()
+    run = _get(store, run_id)
+    check_permission(run, user, is_admin, "cancel")
     store.request_cancel(run_id)
     if run.status == "queued":
         store.set_status(run_id, "cancelled")
 
 
-def resume(run_id: str, store: Store | None = None, queue: str | None = None) -> None:
+def resume(
+    run_id: str,
+    store: Store | None = None,
+    queue: str | None = None,
+    user: str | None = None,
+    is_admin: bool = False,
+) -> None:
     """Queue a stopped run again; the worker resumes it from its latest checkpoint."""
     store = store or Store.default()
-    run = store.get_run(run_id)
-    if run is None:
-        raise KeyError(f"run {run_id} does not exist")
+    run = _get(store, run_id)
+    check_permission(run, user, is_admin, "resume")
     if run.status in ("queued", "running"):
         raise ValueError(f"run {run_id} is {run.status}; only a stopped run can be resumed")
     check_broker()
@@ -82,14 +101,15 @@ def resume(run_id: str, store: Store | None = None, queue: str | None = None) ->
     enqueue(run_id, queue=queue)
 
 
-def delete(run_id: str, store: Store | None = None) -> None:
-    """Delete a run's rows and its artifact folder. A live run is cancelled first."""
+def delete(
+    run_id: str, store: Store | None = None, user: str | None = None, is_admin: bool = False
+) -> None:
+    """Delete a run's rows and its artifact folder (a live run must be cancelled first)."""
     from sslengine.store import remove_run_artifacts
 
     store = store or Store.default()
-    run = store.get_run(run_id)
-    if run is None:
-        raise KeyError(f"run {run_id} does not exist")
+    run = _get(store, run_id)
+    check_permission(run, user, is_admin, "delete")
     if run.status in ("queued", "running"):
         raise ValueError(f"run {run_id} is {run.status}; cancel it before deleting it")
     store.delete_run(run_id)
