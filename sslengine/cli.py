@@ -19,6 +19,15 @@ app = typer.Typer(
 runs_app = typer.Typer(no_args_is_help=True, help="Inspect and control stored runs.")
 app.add_typer(runs_app, name="runs")
 
+
+def _mount_eval() -> None:
+    from sslengine.cli_eval import eval_app
+
+    app.add_typer(eval_app, name="eval", help="Evaluate a run's checkpoints (probe, kNN, ...).")
+
+
+_mount_eval()
+
 SET_HELP = "override a config value, e.g. --set train.batch_size=64 (repeatable)"
 
 

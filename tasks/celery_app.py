@@ -30,5 +30,5 @@ app.conf.update(
     broker_connection_retry_on_startup=True,
     broker_transport_options={"visibility_timeout": 7 * 24 * 3600},
     worker_hijack_root_logger=False,
-    imports=["tasks.pretrain", "tasks.watchdog"],
+    imports=["tasks.pretrain", "tasks.watchdog", "tasks.evaluate"],
 )
