@@ -98,8 +98,10 @@ def login_gate() -> User | None:
             if st.button("Log in with your identity provider", key="auth_oidc"):
                 st.login()
         elif not _secrets_section("passwords"):
-            st.error("Hosted mode is on but no login is configured: add [auth] (OIDC) or "
-                     "[passwords] to .streamlit/secrets.toml.")
+            st.error(
+                "Hosted mode is on but no login is configured: add [auth] (OIDC) or "
+                "[passwords] to .streamlit/secrets.toml."
+            )
         else:
             with st.form("auth_form"):
                 name = st.text_input("User", key="auth_name")

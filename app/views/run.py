@@ -1,38 +1,50 @@
-"""Run detail: status, progress with ETA, live curves, cancel; `?run=<id>` is shareable."""
+"""Run detail: status, progress with ETA, live curves, log tail, collapse metrics, checkpoints
+with evaluation launchers, evaluation results; `?run=<id>` is shareable."""
 
 from __future__ import annotations
 
+import pandas as pd
 import streamlit as st
 import yaml
 
+from app.artifacts import layer_rank, newest_per_key, tail_lines
 from app.charts import format_eta, line_chart
-from app.state import store
+from app.state import link, pick_run, store
 from tasks.submit import cancel
 
 MAX_POINTS = 2000
+LOG_LINES = 100
 LIVE = {"queued", "running"}
+EVAL_KINDS = {
+    "kNN": "knn",
+    "Linear probes": "probe",
+    "Retrieval": "retrieval",
+    "Clusters": "clusters",
+}
 
 s = store()
 run_id = st.query_params.get("run")
 if not run_id:
-    runs = s.list_runs(limit=200)
+    runs = s.list_runs(limit=500)
     if not runs:
         st.title("Run detail")
         st.info("No runs yet. Start one on the Launch page.")
-        st.markdown("[Launch a run](/launch)")
+        link("launch", "Launch a run", icon=":material/rocket_launch:")
         st.stop()
-    labels = {r.id: f"{r.name} ({r.id}, {r.status})" for r in runs}
-    run_id = st.selectbox("Run", list(labels), format_func=labels.get)
-    st.query_params["run"] = run_id
+    chosen = pick_run(runs)
+    run_id = chosen.id if chosen else None
 
-run = s.get_run(run_id)
+run = s.get_run(run_id) if run_id else None
 if run is None:
     st.title("Run detail")
     st.error(f"Run '{run_id}' does not exist (it may have been deleted).")
+    link("runs", "All runs", icon=":material/list:")
     st.stop()
 
 st.title(f"{run.name}")
 st.caption(f"run {run.id} · {run.method} on {run.dataset} · {run.backbone} · owner {run.owner}")
+if run.notes:
+    st.markdown(run.notes)
 
 
 @st.fragment(run_every=2.0 if run.status in LIVE else None)
@@ -50,57 +62,156 @@ def live() -> None:
     st.progress(
         min(1.0, max(0.0, r.progress or 0.0)), text=f"{(r.progress or 0) * 100:.1f}% · {r.status}"
     )
-    if r.status == "failed" and r.error:
+    if r.worker_host:
+        beat = r.heartbeat_at.strftime("%H:%M:%S UTC") if r.heartbeat_at else "—"
+        st.caption(f"worker {r.worker_host} · last heartbeat {beat}")
+    if r.status == "failed":
         st.error("The run failed:")
-        st.code(r.error[-3000:])
+        st.code((r.error or "no error text was recorded")[-3000:])
+    if r.cancel_requested and r.status in LIVE:
+        st.warning("Cancel requested: the run stops (after a checkpoint) at its next metric flush.")
+    elif r.status in LIVE and st.button("Cancel run", type="secondary", key="cancel"):
+        # inside the fragment: the button disappears as soon as the run has stopped
+        cancel(run_id, store=s)
+        st.toast(f"Cancel requested for {run_id}")
+        st.rerun(scope="fragment")
     keys = set(s.metric_keys(run_id))
     if "loss" not in keys:
         st.info("No metrics yet: the run has not logged its first steps.")
-        return
-    st.plotly_chart(
-        line_chart({"loss": s.metric_series(run_id, "loss", MAX_POINTS)}, "Loss"), key="loss_chart"
-    )
-    cols = st.columns(2)
-    for col, key, title in (
-        (cols[0], "lr", "Learning rate"),
-        (cols[1], "throughput", "Throughput (images/s)"),
-    ):
-        if key in keys:
-            col.plotly_chart(
-                line_chart({key: s.metric_series(run_id, key, MAX_POINTS)}, title),
-                key=f"{key}_chart",
+    else:
+        st.plotly_chart(
+            line_chart({"loss": s.metric_series(run_id, "loss", MAX_POINTS)}, "Loss"),
+            key="loss_chart",
+        )
+        cols = st.columns(2)
+        for col, key, title in (
+            (cols[0], "lr", "Learning rate"),
+            (cols[1], "throughput", "Throughput (images/s)"),
+        ):
+            if key in keys:
+                col.plotly_chart(
+                    line_chart({key: s.metric_series(run_id, key, MAX_POINTS)}, title),
+                    key=f"{key}_chart",
+                )
+        if "online_probe_acc" in keys:
+            st.plotly_chart(
+                line_chart(
+                    {"online probe": s.metric_series(run_id, "online_probe_acc", MAX_POINTS)},
+                    "Online linear probe accuracy (train batches, detached features)",
+                ),
+                key="probe_chart",
             )
-    cols = st.columns(2)
-    if "online_probe_acc" in keys:
-        cols[0].plotly_chart(
-            line_chart(
-                {"online probe": s.metric_series(run_id, "online_probe_acc", MAX_POINTS)},
-                "Online linear probe accuracy",
-            ),
-            key="probe_chart",
-        )
-    if "embed_std" in keys:
-        ref = s.last_metric(run_id, "embed_std_ref")
-        cols[1].plotly_chart(
-            line_chart(
-                {"std of normalised embeddings": s.metric_series(run_id, "embed_std", MAX_POINTS)},
-                "Collapse: embedding std vs 1/sqrt(d)",
-                ref_line=ref[1] if ref else None,
-            ),
-            key="std_chart",
-        )
+        if "embed_std" in keys or "effective_rank" in keys:
+            st.subheader("Collapse")
+            ref = s.last_metric(run_id, "embed_std_ref")
+            cols = st.columns(2)
+            if "embed_std" in keys:
+                cols[0].plotly_chart(
+                    line_chart(
+                        {"std": s.metric_series(run_id, "embed_std", MAX_POINTS)},
+                        "Embedding std vs 1/sqrt(d)",
+                        ref_line=ref[1] if ref else None,
+                        ref_label=f"1/sqrt(d) = {ref[1]:.3g}" if ref else None,
+                    ),
+                    key="std_chart",
+                )
+            if "effective_rank" in keys:
+                # d = 1/ref^2 is the largest rank the embedding can have (Roy & Vetterli 2007)
+                d = round(1.0 / ref[1] ** 2) if ref and ref[1] else None
+                cols[1].plotly_chart(
+                    line_chart(
+                        {"effective rank": s.metric_series(run_id, "effective_rank", MAX_POINTS)},
+                        "Effective rank of the embeddings",
+                        ref_line=float(d) if d else None,
+                        ref_label=f"d = {d}" if d else None,
+                    ),
+                    key="erank_chart",
+                )
+    with st.expander("Log (last 100 lines)", expanded=r.status == "failed"):
+        if not r.log_path:
+            st.caption("No log yet: the run has not started on a worker.")
+        else:
+            try:
+                st.code("\n".join(tail_lines(r.log_path, LOG_LINES)) or "(empty)", language=None)
+            except OSError as err:
+                st.caption(f"Log not readable from this host: {err}")
 
 
 live()
 
-if run.status in LIVE and st.button("Cancel run", type="secondary", key="cancel"):
-    cancel(run_id, store=s)
-    st.toast(f"Cancel requested for {run_id}")
-    st.rerun()
+# ---- evaluations: results, and launching new ones on any checkpoint
+st.subheader("Evaluations")
+rows = newest_per_key(s.list_eval_results(run_id))
+if rows:
+    table = []
+    for r in sorted(rows, key=lambda r: (r.kind, -(r.checkpoint_step or 0), layer_rank(r.layer))):
+        shown = {k: v for k, v in r.metrics.items() if isinstance(v, int | float | str)}
+        table.append(
+            {
+                "kind": r.kind,
+                "step": r.checkpoint_step,
+                "layer": r.layer,
+                "metrics": ", ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in sorted(shown.items())
+                ),
+                "recorded": r.created_at,
+            }
+        )
+    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+    kinds = {r.kind for r in rows}
+    lcols = st.columns(4)
+    for col, kind, page, label in (
+        (lcols[0], "probe", "layers", "Layer-wise probes"),
+        (lcols[1], "clusters", "clusters", "Clusters"),
+        (lcols[2], "retrieval", "retrieval", "Retrieval"),
+        (lcols[3], "retrieval", "embeddings", "Embeddings"),
+    ):
+        if kind in kinds:
+            with col:
+                link(page, label, run=run_id)
+else:
+    st.caption("No evaluation results yet.")
+
+ckpts = s.list_checkpoints(run_id)
+with st.expander(f"Checkpoints ({len(ckpts)}) and evaluation launchers", expanded=bool(ckpts)):
+    if not ckpts:
+        st.caption("No checkpoint yet.")
+    else:
+        st.dataframe(
+            pd.DataFrame(
+                [{"step": c.step, "saved": c.created_at, "path": c.path} for c in ckpts[::-1]]
+            ),
+            hide_index=True,
+            width="stretch",
+        )
+        try:
+            from tasks.evaluate import submit_evaluation
+        except ImportError:
+            submit_evaluation = None
+        if submit_evaluation is None:
+            st.info("Evaluation jobs are not available in this installation (tasks.evaluate).")
+        else:
+            steps = [c.step for c in ckpts][::-1]
+            step = st.selectbox("Checkpoint step", steps, key="eval_step")
+            bcols = st.columns(len(EVAL_KINDS) + 1)
+            requests = [(label, kind, int(step), False) for label, kind in EVAL_KINDS.items()]
+            requests.append(("Probe every checkpoint", "probe", None, True))
+            for col, (label, kind, at_step, every) in zip(bcols, requests, strict=True):
+                if col.button(label, key=f"eval.{kind}.{every}"):
+                    try:
+                        submit_evaluation(
+                            run_id, kind, checkpoint_step=at_step, all_checkpoints=every, store=s
+                        )
+                    except Exception as err:  # noqa: BLE001 - broker down, bad step: a message
+                        st.error(f"Could not queue the {label} evaluation: {err}")
+                    else:
+                        where = "every checkpoint" if every else f"step {step}"
+                        st.success(f"Queued {label} evaluation of {where}.")
+            st.caption(
+                "Evaluations run on a worker; their results appear above when they finish. "
+                "'Probe every checkpoint' feeds the layer-wise chart over training."
+            )
 
 with st.expander("Config"):
     st.code(yaml.safe_dump(run.config, sort_keys=False), language="yaml")
-ckpts = s.list_checkpoints(run_id)
-with st.expander(f"Checkpoints ({len(ckpts)})"):
-    for c in ckpts:
-        st.text(f"step {c.step}: {c.path}")
