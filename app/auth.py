@@ -115,6 +115,21 @@ def login_gate() -> User | None:
     return None
 
 
+def actor(user: User | None) -> dict:
+    """Keyword arguments for tasks.submit's cancel / resume / delete permission checks."""
+    if user is None:
+        return {"user": "", "is_admin": False}  # nobody: every owner check fails
+    return {"user": user.name, "is_admin": user.is_admin}
+
+
+def can_launch(user: User | None) -> bool:
+    return user is not None and user.can_launch
+
+
+def may_act_on(user: User | None, owner: str) -> bool:
+    return user is not None and user.may_act_on(owner)
+
+
 def require_launch(user: User | None) -> bool:
     """True when the user may launch; otherwise explain why (read-only view)."""
     if user is None:

@@ -43,4 +43,7 @@ nav = st.navigation(
         ],
     }
 )
+from app.auth import login_gate  # noqa: E402
+
+login_gate()  # hosted mode (SSL_HOSTED=1): sign-in in the sidebar; local mode: no login
 nav.run()

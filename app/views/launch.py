@@ -6,6 +6,7 @@ from __future__ import annotations
 import streamlit as st
 import yaml
 
+from app.auth import current_user, require_launch
 from app.dataset_choices import BUILT_IN_LABEL, dataset_choices
 from app.forms import config_form
 from app.state import link_to_run, store
@@ -152,14 +153,21 @@ with b2:
         mime="text/yaml",
     )
 
-if launch:
+user = current_user()
+if launch and require_launch(user):
     problems = config_errors(data)
     st.session_state.form_errors = problems
     if problems:
         st.rerun()
     else:
         try:
-            run_id = submit(parse_config(data), name=data.get("name", ""), notes=notes, store=s)
+            run_id = submit(
+                parse_config(data),
+                name=data.get("name", ""),
+                notes=notes,
+                store=s,
+                owner=user.name,
+            )
         except BrokerUnavailable as err:
             st.error(str(err))
         else:

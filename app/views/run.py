@@ -8,6 +8,7 @@ import streamlit as st
 import yaml
 
 from app.artifacts import layer_rank, newest_per_key, tail_lines
+from app.auth import actor, can_launch, current_user, may_act_on
 from app.charts import format_eta, line_chart
 from app.state import link, pick_run, store
 from tasks.submit import cancel
@@ -70,9 +71,13 @@ def live() -> None:
         st.code((r.error or "no error text was recorded")[-3000:])
     if r.cancel_requested and r.status in LIVE:
         st.warning("Cancel requested: the run stops (after a checkpoint) at its next metric flush.")
-    elif r.status in LIVE and st.button("Cancel run", type="secondary", key="cancel"):
+    elif (
+        r.status in LIVE
+        and may_act_on(current_user(), r.owner)
+        and st.button("Cancel run", type="secondary", key="cancel")
+    ):
         # inside the fragment: the button disappears as soon as the run has stopped
-        cancel(run_id, store=s)
+        cancel(run_id, store=s, **actor(current_user()))
         st.toast(f"Cancel requested for {run_id}")
         st.rerun(scope="fragment")
     keys = set(s.metric_keys(run_id))
@@ -198,7 +203,9 @@ with st.expander(f"Checkpoints ({len(ckpts)}) and evaluation launchers", expande
             requests = [(label, kind, int(step), False) for label, kind in EVAL_KINDS.items()]
             requests.append(("Probe every checkpoint", "probe", None, True))
             for col, (label, kind, at_step, every) in zip(bcols, requests, strict=True):
-                if col.button(label, key=f"eval.{kind}.{every}"):
+                if col.button(
+                    label, key=f"eval.{kind}.{every}", disabled=not can_launch(current_user())
+                ):
                     try:
                         submit_evaluation(
                             run_id, kind, checkpoint_step=at_step, all_checkpoints=every, store=s

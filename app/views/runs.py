@@ -6,6 +6,7 @@ from __future__ import annotations
 import pandas as pd
 import streamlit as st
 
+from app.auth import actor, current_user, may_act_on
 from app.charts import format_eta
 from app.queue_status import QueueStatus, fetch_queue_status
 from app.state import link, link_to_run, run_label, store, url
@@ -123,10 +124,12 @@ if runs:
             link_to_run(run.id, "Open")
         with a2:
             link("launch", "Clone into form", icon=":material/content_copy:", clone=run.id)
-        if a3.button("Cancel", key="act.cancel", disabled=run.status not in LIVE):
+        user = current_user()
+        allowed = may_act_on(user, run.owner)
+        if a3.button("Cancel", key="act.cancel", disabled=run.status not in LIVE or not allowed):
             try:
-                cancel(run.id, store=s)
-            except KeyError as err:
+                cancel(run.id, store=s, **actor(user))
+            except (KeyError, PermissionError) as err:
                 st.error(str(err))
             else:
                 st.toast(f"Cancel requested for {run.id}")
@@ -135,14 +138,14 @@ if runs:
         if a4.button(
             "Resume",
             key="act.resume",
-            disabled=not resumable,
+            disabled=not resumable or not allowed,
             help="queue it again; the worker continues from the latest checkpoint"
             if resumable
             else "only a stopped run with a checkpoint can be resumed",
         ):
             try:
-                resume(run.id, store=s)
-            except (BrokerUnavailable, ValueError, KeyError) as err:
+                resume(run.id, store=s, **actor(user))
+            except (BrokerUnavailable, ValueError, KeyError, PermissionError) as err:
                 st.error(str(err))
             else:
                 st.toast(f"Run {run.id} queued again")
@@ -150,7 +153,7 @@ if runs:
         if a5.button(
             "Delete…",
             key="act.delete",
-            disabled=run.status in LIVE,
+            disabled=run.status in LIVE or not allowed,
             help="cancel it first" if run.status in LIVE else "asks for confirmation",
         ):
             st.session_state.confirm_delete = run.id
@@ -163,8 +166,8 @@ if runs:
             if d1.button("Yes, delete", type="primary", key="act.delete_confirm"):
                 st.session_state.confirm_delete = None
                 try:
-                    delete(run.id, store=s)
-                except (ValueError, KeyError) as err:
+                    delete(run.id, store=s, **actor(user))
+                except (ValueError, KeyError, PermissionError) as err:
                     st.error(str(err))
                 else:
                     del st.query_params["run"]
