@@ -18,56 +18,25 @@ from app.artifacts import (
     artifact_folder,
     class_names,
     label_text,
-    layer_rank,
-    layers_of,
     load_json,
     load_npy,
-    newest_per_key,
-    row_for,
     show_gallery,
-    steps_of,
 )
 from app.charts import similarity_heatmap, usage_histogram
-from app.state import link, no_runs_message, pick_run, store, synced_selectbox
+from app.eval_picker import pick_result
+from app.state import store, synced_selectbox
 
 MAX_HEATMAP = 200  # prototypes drawn in the heatmap (K x K cells reach the browser)
 
 st.title("Clusters and prototypes")
 s = store()
-runs = s.list_runs(limit=500)
-if not runs:
-    no_runs_message()
-    st.stop()
-
-rows = newest_per_key(s.list_eval_results(kind="clusters"))
-with_rows = [r for r in runs if any(x.run_id == r.id for x in rows)]
-if not with_rows:
-    st.info(
-        "No clustering results yet. Open a finished run and launch 'Clusters' on a checkpoint "
-        "(SwAV runs use their prototypes, other methods k-means on the embeddings)."
-    )
-    link("runs", "All runs", icon=":material/list:")
-    st.stop()
-wanted = st.query_params.get("run")
-if wanted and wanted not in {r.id for r in with_rows}:
-    st.warning(
-        f"Run '{wanted}' has no clustering results"
-        + ("" if s.get_run(wanted) else " (it does not exist; deleted?)")
-        + "; showing another run."
-    )
-    del st.query_params["run"]
-run = pick_run(with_rows)
-mine = [r for r in rows if r.run_id == run.id]
-c1, c2 = st.columns(2)
-with c1:
-    step = synced_selectbox("Checkpoint step", steps_of(mine), "step", key="step")
-with c2:
-    layers = sorted({r.layer or "" for r in mine if r.checkpoint_step == step}, key=layer_rank)
-    layer = synced_selectbox("Layer", layers or layers_of(mine), "layer", key="layer")
-row = row_for(mine, step, layer)
-if row is None:
-    st.error("No clustering result for this checkpoint and layer.")
-    st.stop()
+run, row = pick_result(
+    "clusters",
+    "clustering results",
+    "Open a finished run and launch 'Clusters' on a checkpoint (SwAV runs use their "
+    "prototypes, other methods k-means on the embeddings).",
+    stacked=True,
+)
 
 try:
     folder = artifact_folder(row)

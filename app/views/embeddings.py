@@ -16,56 +16,25 @@ from app.artifacts import (
     artifact_folder,
     class_names,
     label_text,
-    layer_rank,
-    layers_of,
     load_json,
     load_npy,
     newest_per_key,
     row_for,
     show_gallery,
-    steps_of,
 )
 from app.charts import projection_scatter
+from app.eval_picker import pick_result
 from app.projection import pca_2d, sample_indices, umap_2d, umap_available
-from app.state import link, no_runs_message, pick_run, store, synced_selectbox
+from app.state import store, synced_selectbox
 
 st.title("Embedding space")
 s = store()
-runs = s.list_runs(limit=500)
-if not runs:
-    no_runs_message()
-    st.stop()
-rows = newest_per_key(s.list_eval_results(kind="retrieval"))
-with_rows = [r for r in runs if any(x.run_id == r.id for x in rows)]
-if not with_rows:
-    st.info(
-        "No stored embeddings yet. Launch 'Retrieval' on a checkpoint of a finished run: it "
-        "saves the test split's embeddings that are drawn here."
-    )
-    link("runs", "All runs", icon=":material/list:")
-    st.stop()
-wanted = st.query_params.get("run")
-if wanted and wanted not in {r.id for r in with_rows}:
-    st.warning(
-        f"Run '{wanted}' has no stored embeddings"
-        + ("" if s.get_run(wanted) else " (it does not exist; deleted?)")
-        + "; showing another run."
-    )
-    del st.query_params["run"]
-
-c1, c2, c3 = st.columns([3, 1, 1])
-with c1:
-    run = pick_run(with_rows)
-mine = [r for r in rows if r.run_id == run.id]
-with c2:
-    step = synced_selectbox("Checkpoint step", steps_of(mine), "step", key="step")
-with c3:
-    layers = sorted({r.layer or "" for r in mine if r.checkpoint_step == step}, key=layer_rank)
-    layer = synced_selectbox("Layer", layers or layers_of(mine), "layer", key="layer")
-row = row_for(mine, step, layer)
-if row is None:
-    st.error("No stored embeddings for this checkpoint and layer.")
-    st.stop()
+run, row = pick_result(
+    "retrieval",
+    "stored embeddings",
+    "Launch 'Retrieval' on a checkpoint of a finished run: it saves the test split's "
+    "embeddings that are drawn here.",
+)
 try:
     folder = artifact_folder(row)
     embeddings = load_npy(folder, "embeddings.npy")
@@ -146,7 +115,7 @@ with left:
             xy,
             idx,
             groups,
-            f"{run.name}: {method.upper()} of {len(idx):,} of {n:,} embeddings ({layer})",
+            f"{run.name}: {method.upper()} of {len(idx):,} of {n:,} embeddings ({row.layer})",
         ),
         key="projection",
         on_select="rerun",

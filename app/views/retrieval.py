@@ -18,58 +18,25 @@ from app.artifacts import (
     artifact_folder,
     class_names,
     label_text,
-    layer_rank,
-    layers_of,
     load_json,
     load_npy,
-    newest_per_key,
-    row_for,
     show_gallery,
-    steps_of,
     thumbnail,
 )
+from app.eval_picker import pick_result
 from app.retrieval_search import embed_with_checkpoint, neighbours
-from app.state import link, no_runs_message, pick_run, store, synced_selectbox
+from app.state import store
 
 MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 
 st.title("Nearest-neighbour retrieval")
 s = store()
-runs = s.list_runs(limit=500)
-if not runs:
-    no_runs_message()
-    st.stop()
-rows = newest_per_key(s.list_eval_results(kind="retrieval"))
-with_rows = [r for r in runs if any(x.run_id == r.id for x in rows)]
-if not with_rows:
-    st.info(
-        "No retrieval index yet. Open a finished run and launch 'Retrieval' on a checkpoint: "
-        "it embeds the test split and builds the index searched here."
-    )
-    link("runs", "All runs", icon=":material/list:")
-    st.stop()
-wanted = st.query_params.get("run")
-if wanted and wanted not in {r.id for r in with_rows}:
-    st.warning(
-        f"Run '{wanted}' has no retrieval index"
-        + ("" if s.get_run(wanted) else " (it does not exist; deleted?)")
-        + "; showing another run."
-    )
-    del st.query_params["run"]
-
-c1, c2, c3 = st.columns([3, 1, 1])
-with c1:
-    run = pick_run(with_rows)
-mine = [r for r in rows if r.run_id == run.id]
-with c2:
-    step = synced_selectbox("Checkpoint step", steps_of(mine), "step", key="step")
-with c3:
-    layers = sorted({r.layer or "" for r in mine if r.checkpoint_step == step}, key=layer_rank)
-    layer = synced_selectbox("Layer", layers or layers_of(mine), "layer", key="layer")
-row = row_for(mine, step, layer)
-if row is None:
-    st.error("No retrieval result for this checkpoint and layer.")
-    st.stop()
+run, row = pick_result(
+    "retrieval",
+    "retrieval index",
+    "Open a finished run and launch 'Retrieval' on a checkpoint: it embeds the test split "
+    "and builds the index searched here.",
+)
 try:
     folder = artifact_folder(row)
     embeddings = load_npy(folder, "embeddings.npy")
