@@ -39,16 +39,13 @@ import functools
 import hashlib
 import json
 import logging
-import multiprocessing
 import os
 import shutil
-import sys
 import tarfile
 import uuid
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -291,34 +288,21 @@ def _decode_or_reason(job: tuple[str, int]) -> np.ndarray | str:
 
 
 def _decode_results(paths: list[str], size: int) -> Iterator[np.ndarray | str]:
-    """Decoded images in order; a pool of 2 worker processes when there are enough files.
+    """Decoded images in order, from a pool of 2 threads when there are enough files.
 
-    The workers are forked (Linux only), as PyTorch's DataLoader does: spawn/forkserver
-    children re-import the caller's ``__main__``, which hangs or recurses for scripts without
-    an ``if __name__ == "__main__"`` guard. A forked child only runs PIL, so the parent's CUDA
-    context or OpenMP threads (unusable after fork) are never touched. Daemonic processes (a
-    Celery prefork child) may not have children, and other platforms decode in-process. If
-    a worker dies (a decoder crash), the remaining files are decoded in-process.
+    Threads, not processes: Pillow releases the GIL while it decodes and resizes, so two
+    threads use two cores, and nothing is forked. Forking was tried and is unsafe here: a
+    child inherits the parent's open connections, and kombu's after-fork hook blocked forever
+    reading a Redis socket in a process that had submitted a Celery task (seen in the test
+    suite); forked children also inherit CUDA contexts and OpenMP pools they cannot use.
     """
     jobs = [(p, size) for p in paths]
-    done = 0
-    use_pool = (
-        len(jobs) >= _POOL_MIN_FILES
-        and sys.platform.startswith("linux")
-        and not multiprocessing.current_process().daemon
-    )
-    if use_pool:
-        try:
-            ctx = multiprocessing.get_context("fork")
-            with ProcessPoolExecutor(_POOL_WORKERS, mp_context=ctx) as pool:
-                for result in pool.map(_decode_or_reason, jobs, chunksize=64):
-                    yield result
-                    done += 1
-            return
-        except (BrokenProcessPool, OSError) as exc:
-            log.warning("decoding in-process after %d files: worker pool failed (%s)", done, exc)
-    for job in jobs[done:]:
-        yield _decode_or_reason(job)
+    if len(jobs) < _POOL_MIN_FILES:
+        for job in jobs:
+            yield _decode_or_reason(job)
+        return
+    with ThreadPoolExecutor(_POOL_WORKERS, thread_name_prefix="decode") as pool:
+        yield from pool.map(_decode_or_reason, jobs)
 
 
 # ------------------------------------------------------------------------------ cache
