@@ -25,9 +25,13 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def _create(store: Store, cfg) -> str:
-    return store.create_run(cfg.model_dump(mode="json"), name=cfg.name or "fault",
-                            method=cfg.method, dataset=cfg.dataset.name,
-                            backbone=cfg.backbone.name)
+    return store.create_run(
+        cfg.model_dump(mode="json"),
+        name=cfg.name or "fault",
+        method=cfg.method,
+        dataset=cfg.dataset.name,
+        backbone=cfg.backbone.name,
+    )
 
 
 def test_sigkilled_worker_run_is_lost_resumed_and_equals_uninterrupted(
@@ -92,8 +96,9 @@ def test_full_disk_fails_run_with_message_and_keeps_earlier_checkpoints(celery_w
     assert not (ckpts / "step_00000008.pt").exists()
 
 
-def test_database_outage_is_buffered_and_training_continues(pg_database_factory, pg_admin,
-                                                            ssl_home, tmp_path):
+def test_database_outage_is_buffered_and_training_continues(
+    pg_database_factory, pg_admin, ssl_home, tmp_path
+):
     from sqlalchemy import text
 
     from sslengine.store import migrate
@@ -111,8 +116,12 @@ def test_database_outage_is_buffered_and_training_continues(pg_database_factory,
             time.sleep(0.1)
         with pg_admin.connect() as c:
             c.execute(text(f'ALTER DATABASE "{dbname}" WITH ALLOW_CONNECTIONS false'))
-            c.execute(text("SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-                           f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"))
+            c.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    f"WHERE datname = '{dbname}' AND pid <> pg_backend_pid()"
+                )
+            )
         blocked.set()
         time.sleep(4)
         with pg_admin.connect() as c:
@@ -136,3 +145,27 @@ def test_unwritable_artifact_folder_fails_with_message(tmp_path, ssl_home):
     cfg = parse_config(tiny_simclr(max_steps=2, checkpoint_every=1))
     with pytest.raises(OSError, match="ck"):
         pretrain(cfg, Path(blocker) / "checkpoints")
+
+
+def test_redelivered_task_never_trains_a_run_twice(celery_worker, ssl_home, queue_name):
+    """The same run id delivered again while it trains (a broker redelivery) goes to a second
+    worker, which finds the run's lease held and returns without starting anything."""
+    store = Store.default()
+    w2 = start_worker_process(queue_name, ssl_home / "worker-dup.log", f"dup{os.getpid()}")
+    try:
+        cfg = parse_config(tiny_simclr(max_steps=20, log_every=1))
+        run_id = _create(store, cfg)
+        enqueue(run_id)
+        wait_for_status(store, run_id, {"running"}, 120)
+        enqueue(run_id)  # the duplicate delivery
+        deadline = time.monotonic() + 60
+        logs = ""
+        while "'duplicate'" not in logs and time.monotonic() < deadline:
+            time.sleep(0.5)
+            logs = (ssl_home / "worker-dup.log").read_text() + (ssl_home / "worker.log").read_text()
+        assert "'duplicate'" in logs
+        assert wait_for_status(store, run_id, {"succeeded", "failed"}, 180) == "succeeded"
+        steps, _ = store.metric_series(run_id, "loss")
+        assert steps == list(range(1, 21))
+    finally:
+        stop_process_group(w2)
