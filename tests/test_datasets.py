@@ -140,7 +140,8 @@ def _load_in_child(root: str, cache: str, queue) -> None:
 def test_two_processes_racing_build_one_valid_cache(tmp_path):
     root, cache = tmp_path / "folder", tmp_path / "cache"
     write_plain_folder(root, per_class=6)
-    ctx = multiprocessing.get_context("fork")  # two independent processes, started at once
+    ctx = multiprocessing.get_context("spawn")  # two independent processes (fork is unsafe after
+    # Celery/kombu connections exist in this process: their after-fork hook blocks)
     queue = ctx.Queue()
     procs = [
         ctx.Process(target=_load_in_child, args=(str(root), str(cache), queue)) for _ in range(2)
