@@ -7,10 +7,13 @@ time.
 
 from __future__ import annotations
 
+import atexit
 import os
 import platform
+import shutil
 import statistics
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -51,6 +54,13 @@ def cifar_train(max_per_class: int, cache_dir: Path = DEFAULT_CACHE):
     if not CIFAR_TGZ.is_file():
         sys.exit(f"bench needs the CIFAR-10 archive at {CIFAR_TGZ}")
     return load_dataset("cifar10", CIFAR_TGZ, "train", 32, cache_dir, max_per_class=max_per_class)
+
+
+def scratch_home(prefix: str) -> Path:
+    """A temporary SSL_HOME (store, checkpoints) removed when the process exits."""
+    home = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, home, ignore_errors=True)
+    return home
 
 
 def median(values: Sequence[float]) -> float:

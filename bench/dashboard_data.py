@@ -26,14 +26,13 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import ROOT, machine_report, median  # noqa: E402
+from _common import ROOT, machine_report, median, scratch_home  # noqa: E402
 
 MAX_POINTS = 2000  # app/views/run.py MAX_POINTS
 TARGET_S = 1.0
@@ -85,7 +84,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    home = Path(tempfile.mkdtemp(prefix="bench-dash-"))
+    home = scratch_home("bench-dash-")
     os.environ["SSL_HOME"] = str(home)
     os.environ["SSL_DATABASE_URL"] = f"sqlite:///{home / 'var' / 'ssl.db'}"
     os.environ["SSL_ARTIFACTS"] = str(home / "var" / "artifacts")

@@ -1,6 +1,7 @@
 """Loop efficiency: a full SimCLR step through the product's loop vs the bare backbone.
 
-    .venv/bin/python bench/loop_efficiency.py [--rounds 5] [--log-every 4] [--windows 2]
+    .venv/bin/python bench/loop_efficiency.py [--rounds 7] [--log-every 4] [--windows 2]
+                                              [--threads 2] [--profile] [--no-prototype]
 
 Contender A is `sslengine.train.loop.pretrain` itself (SimCLR, small_resnet, CIFAR-10 at 32 px,
 batch 256): indexing the uint8 memory-mapped cache, two batched augmented views, backbone,
@@ -11,10 +12,11 @@ projector, NT-Xent, the online probe, LARS, metric bookkeeping. Its images/s is 
 Contender B is the bare backbone: forward + backward of the same small_resnet on a ready float
 tensor of the same shape (2 x 256, 3, 32, 32) plus the same LARS step, nothing else.
 
-The two alternate for `--rounds` rounds; the ratio A/B is printed per round and as the median.
-The target is >= 0.85: the loop should cost at most ~15% on top of the network's own work.
-A per-phase breakdown of a faithful copy of the loop body (same functions, same order) shows
-where the remainder goes; `--profile` adds torch.profiler's top operators of one step.
+The contenders alternate (order rotated) for `--rounds` rounds; the ratio A/B is printed per
+round and as the median. The target is >= 0.85: the loop should cost at most ~15% on top of
+the network's own work. A per-phase breakdown of a faithful copy of the loop body (same
+functions, same order) shows where the remainder goes; `--profile` adds torch.profiler's top
+operators of one step.
 
 Contender C (unless `--no-prototype`) is a PROTOTYPE, not product code: the same `pretrain` with
 `sslengine.data.augment.apply_params` replaced, inside this process only, by
@@ -27,7 +29,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -42,6 +43,7 @@ from _common import (  # noqa: E402
     load_average,
     machine_report,
     median,
+    scratch_home,
     spread,
 )
 
@@ -253,7 +255,7 @@ def main() -> None:
     # pretrain reads the dataset through the product's settings: point them at the same cache.
     os.environ["SSL_CACHE"] = str(args.cache_dir)
     os.environ["SSL_DATASET_ROOTS"] = str(CIFAR_TGZ.parent)
-    home = Path(tempfile.mkdtemp(prefix="bench-loop-"))
+    home = scratch_home("bench-loop-")
     os.environ["SSL_HOME"] = str(home)
     cfg = simclr_config(args.max_per_class, args.log_every, args.windows)
     timed_steps = args.windows * args.log_every

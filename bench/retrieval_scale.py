@@ -39,6 +39,7 @@ from _common import load_average, machine_report  # noqa: E402
 K = 10
 TARGET_RECALL = 0.95
 TARGET_P95_MS = 10.0
+TUNE_QUERIES = 500
 
 
 class Mixture:
@@ -83,16 +84,17 @@ class Mixture:
         return out
 
 
-def make_data(args) -> tuple[np.ndarray, np.ndarray]:
-    """(base (n, d), queries (q, d)), not yet normalised; queries are fresh draws."""
+def make_data(args) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(base (n, d), queries (q, d), tuning queries (TUNE_QUERIES, d)), not yet normalised;
+    both query sets are fresh draws, the measured ones never used for tuning."""
     rng = np.random.default_rng(args.seed)
     if args.data == "uniform":
-        return (
-            rng.standard_normal((args.n, args.dim), dtype=np.float32),
-            rng.standard_normal((args.queries, args.dim), dtype=np.float32),
+        return tuple(
+            rng.standard_normal((m, args.dim), dtype=np.float32)
+            for m in (args.n, args.queries, TUNE_QUERIES)
         )
     mix = Mixture(args.dim, args.clusters, args.intrinsic_dim, args.spread, args.noise, rng)
-    return mix.sample(args.n, rng), mix.sample(args.queries, rng)
+    return mix.sample(args.n, rng), mix.sample(args.queries, rng), mix.sample(TUNE_QUERIES, rng)
 
 
 def hnsw_of(index: faiss.Index) -> faiss.Index:
@@ -135,6 +137,53 @@ def report(name: str, ms: np.ndarray, recall: float | None) -> str:
     return f"{name}: p50 {p50:.2f} ms, p95 {p95:.2f} ms, p99 {p99:.2f} ms{rec}"
 
 
+def compare_ef_construction(args, base, tune_queries, queries, truth, exact, hnsw, search):
+    """PROTOTYPE: the same HNSW (M 32) with a larger efConstruction, built with faiss directly,
+    efSearch doubled from 16 until recall@10 >= 0.95 on separate tuning queries; its single
+    query latency is measured in blocks alternating with the library's index."""
+    inner = hnsw_of(hnsw)
+    faiss.omp_set_num_threads(args.threads)
+    t0 = time.perf_counter()
+    proto = faiss.IndexHNSWFlat(args.dim, 32, faiss.METRIC_INNER_PRODUCT)
+    proto.hnsw.efConstruction = args.proto_ef_construction
+    proto.add(base)
+    build_s = time.perf_counter() - t0
+    _, tune_truth = exact.search(tune_queries, K)
+    ef = 16
+    while True:
+        proto.hnsw.efSearch = ef
+        _, got = proto.search(tune_queries, K)
+        if recall_at_k(got, tune_truth) >= TARGET_RECALL or ef >= 4096:
+            break
+        ef *= 2
+    t = args.query_threads[0]
+    ms = {"library": [], "prototype": []}
+    ids = {}
+    for b, start in enumerate(range(0, len(queries), 100)):
+        order = (("library", hnsw), ("prototype", proto))
+        for name, index in order if b % 2 == 0 else order[::-1]:
+            block_ms, block_ids = single_query_latencies(
+                index, queries[start : start + 100], search, [t]
+            )
+            ms[name].append(block_ms[t])
+            ids.setdefault(name, []).append(block_ids)
+    p95 = {}
+    for name, label in (
+        ("library", f"library HNSW efConstruction {inner.hnsw.efConstruction} efSearch "
+                    f"{inner.hnsw.efSearch}"),
+        ("prototype", f"PROTOTYPE HNSW efConstruction {args.proto_ef_construction} efSearch {ef} "
+                      f"(built in {build_s:.0f} s)"),
+    ):  # fmt: skip
+        all_ms = np.concatenate(ms[name])
+        p95[name] = float(np.percentile(all_ms, 95))
+        recall = recall_at_k(np.concatenate(ids[name]), truth)
+        print(report(f"{label}, faiss threads {t}", all_ms, recall))
+    print(
+        f"RATIO p95 library / prototype efConstruction {args.proto_ef_construction} "
+        f"(alternating blocks of 100 queries): {p95['library'] / p95['prototype']:.1f}x"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=1_000_000)
@@ -157,6 +206,12 @@ def main() -> None:
     )
     parser.add_argument("--exact-queries", type=int, default=100, help="timed exact searches")
     parser.add_argument("--ivf", action="store_true", help="also build/measure an IVF index")
+    parser.add_argument(
+        "--proto-ef-construction",
+        type=int,
+        default=80,
+        help="also build a PROTOTYPE HNSW with this efConstruction via faiss (0: skip)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -181,8 +236,7 @@ def main() -> None:
         f"{args.query_threads} to query"
     )
     t0 = time.perf_counter()
-    base, queries = make_data(args)
-    base, queries = l2_normalize(base), l2_normalize(queries)
+    base, queries, tune_queries = (l2_normalize(a) for a in make_data(args))
     shape = f" ({args.clusters} clusters, spread {args.spread}, " + (
         f"intrinsic dim {args.intrinsic_dim}, noise {args.noise})"
         if args.intrinsic_dim
@@ -261,6 +315,9 @@ def main() -> None:
             f"TARGETS (faiss threads {t}): p95 {p95:.2f} ms < {TARGET_P95_MS} ms: {fast}; "
             f"recall@{K} {recall:.3f} >= {TARGET_RECALL}: {good}; build {build_s:.0f} s"
         )
+
+    if args.proto_ef_construction:
+        compare_ef_construction(args, base, tune_queries, queries, truth, exact, hnsw, search)
 
     if args.ivf and build_index is not None:
         faiss.omp_set_num_threads(args.threads)

@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -43,6 +42,7 @@ from _common import (  # noqa: E402
     load_average,
     machine_report,
     median,
+    scratch_home,
     spread,
 )
 from loop_efficiency import BATCH, loop_images_per_s, simclr_config  # noqa: E402
@@ -144,7 +144,7 @@ def main() -> None:
     ds = cifar_train(args.max_per_class, args.cache_dir)
     os.environ["SSL_CACHE"] = str(args.cache_dir)
     os.environ["SSL_DATASET_ROOTS"] = str(CIFAR_TGZ.parent)
-    home = Path(tempfile.mkdtemp(prefix="bench-lightly-"))
+    home = scratch_home("bench-lightly-")
     os.environ["SSL_HOME"] = str(home)
     # windows of `steps` steps after the first: the same number of timed steps as lightly's
     cfg = simclr_config(args.max_per_class, log_every=args.steps, windows=1)
