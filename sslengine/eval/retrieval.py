@@ -7,8 +7,13 @@ Embeddings are L2-normalised, so inner product = cosine similarity and every ind
 - ``flat``: exact brute force (``IndexFlatIP``). Chosen by ``auto`` below 50,000 vectors,
   where an exact search of one query costs well under a millisecond per 10k vectors.
 - ``hnsw``: ``IndexHNSWFlat`` (Malkov & Yashunin 2018), M = 32 links per node,
-  efConstruction = 40; ``auto``'s choice from 50,000 vectors on: no training pass and the best
-  recall per query time of faiss' CPU indexes.
+  efConstruction = max(80, 2M + 16); ``auto``'s choice from 50,000 vectors on: no training pass
+  and the best recall per query time of faiss' CPU indexes. Level 0 of a faiss HNSW keeps 2M
+  neighbours per node chosen from an efConstruction-long candidate list, so efConstruction
+  below 2M leaves the graph under-connected: faiss' default 40 plateaued at recall@10 0.98
+  and needed efSearch 2048 for 0.95 on 1M clustered vectors, where 80 reaches it at efSearch
+  64, 19x faster per query at p95, for a 1.6x longer build (BENCHMARKS.md, "Retrieval at
+  scale").
 - ``ivf``: ``IndexIVFFlat`` with nlist = 4 sqrt(N) lists (faiss' guideline 4-16 sqrt(N)),
   at most N / 39 so k-means has the 39 points per centroid faiss asks for; trained on
   at most 256 points per list.
@@ -22,15 +27,16 @@ HNSW graph is found through its own node, and tuning with those overstated recal
 reached that way gave 0.86 on fresh queries, 8k random 32-d vectors). faiss stores
 efSearch / nprobe in the index file, so a loaded index searches with the tuned effort.
 
-Measured (1 thread, 100k vectors in 64-d, recall@10 on 500 fresh queries vs numpy):
+Measured (1 thread, 100k vectors in 64-d, recall@10 on 500 fresh queries vs exact search; IVF
+rows: no graph; HNSW rows: efConstruction 80; 2026-12-01, other jobs on the 2 cores):
 
 =====================================  ============================  ========== ======
 data                                   tuned effort                  build+tune recall
 =====================================  ============================  ========== ======
 uniformly random (the hardest case)    IVF nprobe 512 of 1,265       10 s       0.960
-uniformly random                       HNSW efSearch 512             36 s       0.985
+uniformly random                       HNSW efSearch 256             20 s       0.967
 mixture of 200 Gaussian clusters       IVF nprobe 8                  9 s        0.995
-mixture of 200 Gaussian clusters       HNSW efSearch 16              16 s       0.951
+mixture of 200 Gaussian clusters       HNSW efSearch 32              7 s        0.988
 =====================================  ============================  ========== ======
 
 HNSW indexes are wrapped in ``IndexIDMap2`` (held-out vectors are added last but keep their
@@ -41,7 +47,9 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 from collections.abc import Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -72,7 +80,8 @@ log = logging.getLogger(__name__)
 
 AUTO_FLAT_BELOW = 50_000
 HNSW_M = 32
-HNSW_EF_CONSTRUCTION = 40
+HNSW_EF_CONSTRUCTION = 80
+_FEW_QUERIES = 8  # searched with one faiss thread (see `search`)
 _EF_START, _EF_MAX = 16, 4096
 _NPROBE_START = 8
 _TUNE_QUERIES = 1000
@@ -164,7 +173,7 @@ def build_index_with_tuning(
     held, kept = np.sort(perm[:n_cal]), np.sort(perm[n_cal:])
     if index_type == "hnsw":
         base = faiss.IndexHNSWFlat(d, hnsw_m, faiss.METRIC_INNER_PRODUCT)
-        base.hnsw.efConstruction = HNSW_EF_CONSTRUCTION
+        base.hnsw.efConstruction = max(HNSW_EF_CONSTRUCTION, 2 * hnsw_m + 16)
         index = faiss.IndexIDMap2(base)
         index.own_fields = True  # the wrapper frees the graph; Python must not free it twice
         base.this.disown()
@@ -197,14 +206,38 @@ def search(index: faiss.Index, queries: np.ndarray, k: int) -> tuple[np.ndarray,
 
     Returns (scores float32 (M, k) cosine similarities, best first; ids int64 (M, k), -1
     where the index has fewer than k vectors to return).
+
+    A handful of queries (the dashboard's case) is searched with one faiss thread: faiss
+    parallelises over queries, so a single query gains nothing from more threads and pays an
+    OpenMP barrier that on a busy host cost 8-20 ms at p95 against 0.1-0.2 ms with one thread.
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, got {k}")
     q = l2_normalize(queries)
     if q.shape[1] != index.d:
         raise ValueError(f"queries have {q.shape[1]} dims, the index {index.d}")
-    scores, ids = index.search(q, k)
+    if len(q) <= _FEW_QUERIES:
+        with _one_faiss_thread():
+            scores, ids = index.search(q, k)
+    else:
+        scores, ids = index.search(q, k)
     return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+
+_THREADS_LOCK = threading.Lock()
+
+
+@contextmanager
+def _one_faiss_thread():
+    """faiss' OpenMP thread count is process-wide: set it to 1 and restore it, one caller at a
+    time (the dashboard searches from several session threads)."""
+    with _THREADS_LOCK:
+        before = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)
+        try:
+            yield
+        finally:
+            faiss.omp_set_num_threads(before)
 
 
 def drop_self_matches(ids: np.ndarray, query_ids: np.ndarray, k: int) -> np.ndarray:
