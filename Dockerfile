@@ -10,7 +10,7 @@ COPY pyproject.toml README.md ./
 COPY sslengine ./sslengine
 COPY tasks ./tasks
 COPY app ./app
-RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -e .
+RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -e '.[s3]'
 EXPOSE 8501
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"
 CMD ["sh", "-c", "sslengine migrate && streamlit run app/main.py --server.port 8501 --server.address 0.0.0.0 --server.headless true --browser.gatherUsageStats false"]
@@ -25,5 +25,5 @@ COPY pyproject.toml README.md ./
 COPY sslengine ./sslengine
 COPY tasks ./tasks
 COPY app ./app
-RUN pip install -e .
+RUN pip install -e '.[s3]'
 CMD ["sh", "-c", "sslengine migrate && celery -A tasks.celery_app worker -Q ${SSL_QUEUE:-ssl} -c 1 --prefetch-multiplier 1 -n worker@%h -l INFO"]

@@ -17,6 +17,7 @@ import numpy as np
 import streamlit as st
 
 from sslengine.store import EvalResultRecord
+from sslengine.store.artifacts import localize
 
 # Backbone taps in network order: the x axis of the layer-wise probe chart.
 LAYER_ORDER = ("conv1", "layer1", "layer2", "layer3", "layer4", "pooled")
@@ -30,7 +31,9 @@ class ArtifactMissing(FileNotFoundError):
 
 
 def tail_lines(path: str | os.PathLike[str], n: int = 100, block: int = 8192) -> list[str]:
-    """The last ``n`` lines of a text file, read backwards in blocks (a log can be GBs)."""
+    """The last ``n`` lines of a text file, read backwards in blocks (a log can be GBs).
+    A log in a remote artifact tree is fetched again when it has grown."""
+    path = localize(path, refresh=True)
     with open(path, "rb") as f:
         f.seek(0, os.SEEK_END)
         end = f.tell()
@@ -99,7 +102,7 @@ def row_for(
 def artifact_folder(row: EvalResultRecord) -> Path:
     if not row.artifact_path:
         raise ArtifactMissing(f"evaluation {row.id} ({row.kind}) has no artifact folder")
-    folder = Path(row.artifact_path)
+    folder = localize(row.artifact_path)  # fetched once from a remote artifact tree
     if not folder.is_dir():
         raise ArtifactMissing(
             f"the artifact folder of evaluation {row.id} is missing: {folder} "

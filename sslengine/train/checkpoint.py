@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from sslengine.store.artifacts import localize
+
 
 def checkpoint_path(directory: Path, step: int) -> Path:
     return Path(directory) / f"step_{step:08d}.pt"
@@ -42,8 +44,9 @@ def save_checkpoint(state: dict[str, Any], directory: Path, step: int) -> Path:
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Load with weights_only=True: a checkpoint can never execute code on load."""
-    path = Path(path)
+    """Load with weights_only=True: a checkpoint can never execute code on load. A checkpoint
+    of a remote artifact tree that is not on this host yet is fetched first."""
+    path = localize(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     return torch.load(path, map_location=map_location, weights_only=True)

@@ -23,7 +23,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sslengine.store import Store
-from sslengine.store.artifacts import run_artifact_dir
+from sslengine.store.artifacts import (
+    ArtifactSync,
+    artifacts_url,
+    pull_run_artifacts,
+    run_artifact_dir,
+)
 from sslengine.train.entry import EXIT_CANCELLED
 from sslengine.train.lifeline import die_with_parent
 
@@ -94,6 +99,14 @@ def supervise_run(
         # Another worker holds the run (e.g. a broker redelivery): never train it twice.
         return Outcome("duplicate", None, "run is leased by another worker")
 
+    try:
+        # a run resumed on another host finds its checkpoints (remote artifact tree only)
+        pull_run_artifacts(run_id)
+    except Exception as err:  # noqa: BLE001 - reported on the run, not lost in a worker log
+        error = f"could not fetch the run's artifacts from {artifacts_url()}: {err}"
+        store.set_status(run_id, "failed", error=error)
+        store.release_lease(run_id, worker_id)
+        return Outcome("failed", None, error)
     workdir = run_artifact_dir(run_id)
     for stale in workdir.glob("error_rank*.txt"):
         stale.unlink()
@@ -129,6 +142,7 @@ def supervise_run(
             preexec_fn=lambda: die_with_parent(parent),
         )
     pgid = proc.pid
+    sync = ArtifactSync(run_id).start()
     cancel_seen_at: float | None = None
     termed_at: float | None = None
     try:
@@ -160,7 +174,14 @@ def supervise_run(
         kill_group(pgid, signal.SIGKILL)  # stragglers (ranks) that outlived the launcher
         proc.wait()
 
-    if rc == 0:
+    upload_error = None
+    try:
+        sync.stop()
+    except Exception as err:  # noqa: BLE001 - the files are safe on this host's disk
+        upload_error = f"training ended (exit {rc}) but its files could not be uploaded: {err}"
+    if upload_error is not None:
+        outcome = Outcome("failed", rc, upload_error)
+    elif rc == 0:
         outcome = Outcome("succeeded", rc)
     elif rc == EXIT_CANCELLED or cancel_seen_at is not None or store.cancel_requested(run_id):
         outcome = Outcome("cancelled", rc)
