@@ -142,6 +142,8 @@ notes = st.text_area("Notes", key="notes", help="free text, shown on the run's p
 if "" in errors:
     st.error(errors[""])
 
+user = current_user()
+allowed = require_launch(user)  # says why not (sign in / read-only) before anyone clicks
 b1, b2 = st.columns([1, 1])
 with b1:
     launch = st.button("Launch", type="primary", key="launch")
@@ -153,8 +155,7 @@ with b2:
         mime="text/yaml",
     )
 
-user = current_user()
-if launch and require_launch(user):
+if launch and allowed:
     problems = config_errors(data)
     st.session_state.form_errors = problems
     if problems:
