@@ -106,11 +106,27 @@ class TrainConfig(Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many steps")
     devices: Literal["auto"] | int = Field(1, description="'auto' = every GPU (1 on CPU), or N")
     precision: Literal["auto", "fp32", "bf16"] = Field("auto", description="auto: bf16 on GPU")
-    accumulate_grad_batches: int = Field(1, ge=1, le=1024)
+    accumulate_grad_batches: int = Field(
+        1,
+        ge=1,
+        le=1024,
+        description=(
+            "split each device's batch into N micro-batches, backpropagate each, step once "
+            "(saves memory). NOT equivalent to an N times larger batch: BatchNorm "
+            "normalises over each micro-batch, SimCLR's negatives (and Barlow Twins' "
+            "correlation, SwAV's Sinkhorn codes) come from one micro-batch only, and MoCo's "
+            "queue / PIRL's memory bank are updated after every micro-batch. Exact only "
+            "for a per-sample loss on a model without batch coupling"
+        ),
+    )
     log_every: int = Field(10, ge=1, description="flush metrics every N steps")
     collapse_every: int = Field(50, ge=1, description="collapse metrics every N steps")
     checkpoint_every: int = Field(200, ge=1, description="checkpoint every N steps")
-    online_probe: bool = Field(True, description="linear probe on detached features")
+    online_probe: bool = Field(
+        True,
+        description="train a linear probe on detached features during the run "
+        "(logs online_probe_acc; never changes the representation)",
+    )
     channels_last: bool = True
     compile: bool = False
 
@@ -203,13 +219,30 @@ class RelativePositionConfig(Section):
 
 
 class PIRLConfig(Section):
-    """Misra & van der Maaten 2020: NCE against a memory bank, m=0.5, tau 0.07, 0.5/0.5 mix."""
+    """Misra & van der Maaten 2020: a memory bank, m=0.5, tau 0.07, 0.5/0.5 mix of two terms.
+
+    The loss against the bank is InfoNCE by default (softmax over the positive and the sampled
+    negatives, as in the public PIRL reimplementations); ``loss: nce`` is the paper's binary NCE
+    with the normalisation constant Z estimated once on the first step (Wu et al. 2018, VISSL's
+    ``norm_constant: -1``). The paper's literal Z = 1 is not offered: the negative terms then
+    swamp the positive one and nothing trains. Measured on the CPU preset (BENCHMARKS.md): NCE
+    with the estimated Z still diverges in a short run (Z is fixed against the random initial
+    bank, then the bank fills with features far more alike), InfoNCE learns.
+    """
 
     temperature: float = Field(0.07, gt=0.0, le=10.0)
     n_negatives: int = Field(1024, ge=1, le=1_000_000)
     bank_momentum: float = Field(0.5, ge=0.0, lt=1.0)
     loss_weight: float = Field(0.5, ge=0.0, le=1.0, description="lambda of the two NCE terms")
     proj_dim: int = Field(128, ge=8, le=16384)
+    loss: Literal["infonce", "nce"] = Field(
+        "infonce",
+        description=(
+            "infonce: softmax over the positive and the negatives (learns at any scale); nce: "
+            "the paper's noise-contrastive estimation with Z = |D| x mean exp(s/tau) estimated "
+            "once on the first step (Wu et al. 2018, VISSL; diverges in short runs)"
+        ),
+    )
 
 
 class ExperimentConfig(Section):

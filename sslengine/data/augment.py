@@ -320,12 +320,26 @@ def _gaussian_blur(x: Tensor, sigma: Tensor, apply: Tensor, kernel_size: int) ->
 # ------------------------------------------------------------------------------ application
 
 
-def apply_params(batch: Tensor, params: Mapping[str, Tensor], cfg: ViewConfig) -> Tensor:
+def _norm_tensors(cfg: ViewConfig, device: torch.device) -> tuple[Tensor, Tensor]:
+    """``cfg.mean`` and ``cfg.std`` as float32 (1, 3, 1, 1) tensors on ``device``."""
+    mean = torch.tensor(cfg.mean, device=device, dtype=torch.float32)[None, :, None, None]
+    std = torch.tensor(cfg.std, device=device, dtype=torch.float32)[None, :, None, None]
+    return mean, std
+
+
+def apply_params(
+    batch: Tensor,
+    params: Mapping[str, Tensor],
+    cfg: ViewConfig,
+    norm: tuple[Tensor, Tensor] | None = None,
+) -> Tensor:
     """Apply drawn parameters to a (B, 3, H, W) batch; returns float32 (B, 3, size, size).
 
     ``batch`` is uint8 (0..255) or float in [0, 1]; the work happens on its device. Order:
     crop+resize+flip, jitter (brightness, contrast, saturation, hue), grayscale, blur,
     solarize, normalise. Autocast is switched off so bf16 regions do not quantise the images.
+    ``norm``: ``cfg.mean``/``cfg.std`` already as (1, 3, 1, 1) float32 tensors on the batch's
+    device (``BatchAugment`` keeps them, sparing two host-to-device copies per call).
     """
     if batch.ndim != 4 or batch.shape[1] != 3:
         raise ValueError(f"expected a (B, 3, H, W) batch, got shape {tuple(batch.shape)}")
@@ -355,8 +369,7 @@ def apply_params(batch: Tensor, params: Mapping[str, Tensor], cfg: ViewConfig) -
         if cfg.solarize_p > 0:
             hit = p["solarize"][:, None, None, None] & (x >= cfg.solarize_threshold)
             x = torch.where(hit, 1.0 - x, x)
-        mean = torch.tensor(cfg.mean, device=dev, dtype=torch.float32)[None, :, None, None]
-        std = torch.tensor(cfg.std, device=dev, dtype=torch.float32)[None, :, None, None]
+        mean, std = norm if norm is not None else _norm_tensors(cfg, dev)
         return ((x - mean) / std).contiguous()
 
 
@@ -373,15 +386,25 @@ def to_tensor_batch(images: np.ndarray, device: torch.device | str | None = None
 
 
 class BatchAugment:
-    """``BatchAugment(cfg)(uint8 (B, 3, H, W), generator) -> float32 (B, 3, size, size)``."""
+    """``BatchAugment(cfg)(uint8 (B, 3, H, W), generator) -> float32 (B, 3, size, size)``.
+
+    Build it once and call it every step (methods keep theirs): it holds the normalisation
+    tensors per device, so a call does not re-create them.
+    """
 
     def __init__(self, cfg: ViewConfig):
         self.cfg = cfg
+        self._norm: dict[tuple, tuple[Tensor, Tensor]] = {}
 
     def __call__(self, batch: Tensor, generator: torch.Generator | None = None) -> Tensor:
         b, _, height, width = batch.shape
         params = sample_params(b, self.cfg, height, width, generator)
-        return apply_params(batch, params, self.cfg)
+        # keyed by the values too: ViewConfig is a plain (mutable) dataclass
+        key = (batch.device, self.cfg.mean, self.cfg.std)
+        norm = self._norm.get(key)
+        if norm is None:
+            norm = self._norm[key] = _norm_tensors(self.cfg, batch.device)
+        return apply_params(batch, params, self.cfg, norm)
 
     def __repr__(self) -> str:
         return f"BatchAugment({self.cfg!r})"

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -57,6 +58,8 @@ class Method(nn.Module):
         self.dataset_size = dataset_size
         self.mean, self.std = tuple(mean), tuple(std)
         self.backbone = build_backbone(cfg.backbone.name, cifar_stem=cfg.backbone.cifar_stem)
+        # augmenters built once (see `augmenter`), keyed by what distinguishes them
+        self._augmenters: dict[tuple, BatchAugment] = {}
 
     # -- views ---------------------------------------------------------------------------
     def view_config(
@@ -85,8 +88,29 @@ class Method(nn.Module):
             std=self.std,
         )
 
+    def augmenter(
+        self,
+        size: int | None = None,
+        scale_min: float | None = None,
+        scale_max: float | None = None,
+        **overrides: Any,
+    ) -> BatchAugment:
+        """The `BatchAugment` for ``view_config(size, scale_min, scale_max)`` with the
+        ViewConfig fields in `overrides` replaced; built on first use, then reused every step
+        (the config is validated once; the views are exactly those a fresh one would draw).
+        ``cfg.views`` / ``cfg.dataset`` are read at that first use: change them before the
+        first step, or build a new method."""
+        key = (size, scale_min, scale_max, tuple(sorted(overrides.items())))
+        aug = self._augmenters.get(key)
+        if aug is None:
+            view_cfg = self.view_config(size, scale_min, scale_max)
+            if overrides:
+                view_cfg = dataclasses.replace(view_cfg, **overrides)
+            aug = self._augmenters[key] = BatchAugment(view_cfg)
+        return aug
+
     def two_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
-        aug = BatchAugment(self.view_config())
+        aug = self.augmenter()
         return [aug(images, generator), aug(images, generator)]
 
     def make_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:

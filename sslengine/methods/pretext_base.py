@@ -6,12 +6,9 @@ the loop passes the list through untouched.
 
 from __future__ import annotations
 
-import dataclasses
-
 import torch
 from torch import Tensor
 
-from sslengine.data.augment import BatchAugment
 from sslengine.methods.base import Method
 
 
@@ -19,14 +16,10 @@ class PretextMethod(Method):
     def light_view(self, images: Tensor, generator: torch.Generator) -> Tensor:
         """Crop + flip only: colour statistics are left alone (the pretext label does not
         depend on them, and the task should not be made easier or harder by them)."""
-        cfg = dataclasses.replace(
-            self.view_config(scale_min=0.5),
-            jitter_p=0.0,
-            grayscale_p=0.0,
-            blur_p=0.0,
-            solarize_p=0.0,
+        aug = self.augmenter(
+            scale_min=0.5, jitter_p=0.0, grayscale_p=0.0, blur_p=0.0, solarize_p=0.0
         )
-        return BatchAugment(cfg)(images, generator)
+        return aug(images, generator)
 
     def uses_sync_bn(self) -> bool:
         return True

@@ -16,7 +16,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sslengine.data.augment import BatchAugment
 from sslengine.losses import sinkhorn_knopp, swav_loss
 from sslengine.methods.base import Method, StepOutput, register
 from sslengine.models.heads import projection_mlp
@@ -41,13 +40,11 @@ class SwAV(Method):
 
     def make_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
         c = self.cfg.swav
-        large = BatchAugment(self.view_config(scale_min=c.large_crop_scale_min))
-        small = BatchAugment(
-            self.view_config(
-                size=c.small_crop_size,
-                scale_min=min(0.05, c.small_crop_scale_max),
-                scale_max=c.small_crop_scale_max,
-            )
+        large = self.augmenter(scale_min=c.large_crop_scale_min)
+        small = self.augmenter(
+            size=c.small_crop_size,
+            scale_min=min(0.05, c.small_crop_scale_max),
+            scale_max=c.small_crop_scale_max,
         )
         return [large(images, generator) for _ in range(c.n_large_crops)] + [
             small(images, generator) for _ in range(c.n_small_crops)

@@ -9,6 +9,16 @@ Conventions that make runs reproducible and world-size independent:
   draws the same views it would have drawn.
 - No host-device sync in the hot loop: losses and probe accuracy are summed on the device and
   read back every `log_every` steps (one all-reduce per flush when distributed).
+- Gradient accumulation (`train.accumulate_grad_batches` = A) cuts each rank's share of the
+  global batch into A micro-batches, backpropagates loss / A for each (DDP syncs only on the
+  last) and steps once; the logged metrics are the means over the micro-batches. Given the same
+  views, a per-sample-mean loss on a model without batch coupling gets exactly the update of
+  one step on the whole batch (tests/test_train_options.py). It is not a larger batch in
+  general: each micro-batch draws its own views from the step's generator (different draws,
+  same distribution), and contrastive negatives and BN statistics are per micro-batch.
+- The online probe (`train.online_probe`) and the end-of-run kNN are the only places labels
+  are used. In a distributed run every rank takes part in the kNN (features extracted shard by
+  shard and gathered back in dataset order); rank 0 reports.
 """
 
 from __future__ import annotations
@@ -79,10 +89,14 @@ class Trainee(nn.Module):
     accuracy visible while the run is going.
     """
 
-    def __init__(self, method: Method, num_classes: int):
+    def __init__(self, method: Method, num_classes: int, online_probe: bool = True):
         super().__init__()
         self.method = method
-        self.probe = nn.Linear(method.backbone.out_dim, num_classes) if num_classes > 1 else None
+        self.probe = (
+            nn.Linear(method.backbone.out_dim, num_classes)
+            if online_probe and num_classes > 1
+            else None
+        )
 
     def forward(self, views: list[Tensor], indices: Tensor, labels: Tensor) -> StepOutput:
         out = self.method(views, indices)
@@ -164,7 +178,7 @@ def pretrain(
     micro = local_batch // accum
 
     method = build_method(cfg, dataset_size=len(train), mean=mean, std=std)
-    trainee = Trainee(method, num_classes).to(ctx.device)
+    trainee = Trainee(method, num_classes, cfg.train.online_probe).to(ctx.device)
     if world > 1 and method.uses_sync_bn():
         # before the optimiser is built: conversion creates new parameter objects
         convert_sync_bn(trainee, ctx.device)
@@ -181,9 +195,9 @@ def pretrain(
     start_step = 0
     if resume_from is not None:
         state = load_checkpoint(resume_from)
-        trainee.load_state_dict(state["model"])
+        had_probe = _load_trainee_state(trainee, state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if probe_opt is not None and state.get("probe_optimizer"):
+        if probe_opt is not None and had_probe and state.get("probe_optimizer"):
             probe_opt.load_state_dict(state["probe_optimizer"])
         torch.set_rng_state(state["rng_torch"])
         start_step = int(state["step"])
@@ -238,6 +252,7 @@ def pretrain(
         lr = lr_at(step, total_steps, base_lr, cfg.optim)
         set_lr(optimizer, lr)
         gen = _step_generator(cfg.seed, step, rank)
+        step_metrics: dict[str, Tensor] = {}
         for m in range(accum):
             mi = idx[m * micro : (m + 1) * micro]
             images = _batch_to_device(train.images, mi.numpy(), ctx.device)
@@ -255,6 +270,12 @@ def pretrain(
                 out = model(views, mi.to(ctx.device), labels)
             with sync_ctx:
                 (out.loss / accum).backward()
+            # the step's metrics are the means over its micro-batches (equal sizes)
+            probe_loss = out.metrics.get("online_probe_loss")
+            ssl_loss = out.loss.detach() - (probe_loss if probe_loss is not None else 0.0)
+            for k, v in {"loss": ssl_loss, **out.metrics}.items():
+                v = v.detach().float() / accum
+                step_metrics[k] = step_metrics[k] + v if k in step_metrics else v
         method.on_before_optimizer_step(step)
         optimizer.step()
         if probe_opt is not None:
@@ -264,9 +285,8 @@ def pretrain(
             probe_opt.zero_grad(set_to_none=True)
         method.on_after_optimizer_step(step)
 
-        ssl_loss = out.loss.detach() - out.metrics.get("online_probe_loss", 0.0)
-        for k, v in {"loss": ssl_loss, **out.metrics}.items():
-            sums[k] = sums.get(k, 0.0) + v.detach().float()
+        for k, v in step_metrics.items():
+            sums[k] = sums.get(k, 0.0) + v
         n_summed += 1
         window_steps += 1
         done = step + 1
@@ -305,17 +325,43 @@ def pretrain(
     elif ctx.is_main and start_step >= total_steps:
         log.info("nothing to train: checkpoint is already at step %d", start_step)
 
-    if ctx.is_main and cfg.eval.knn and num_classes > 1:
+    if cfg.eval.knn and num_classes > 1:
         from sslengine.eval.runner import knn_eval
 
+        # every rank (the same condition everywhere): with world > 1 knn_eval splits the
+        # feature extraction and the test points over the ranks; all get the same result
         knn = knn_eval(method.backbone, train, test, cfg, mean, std, ctx.device)
-        reporter.log(total_steps, knn)
-        reporter.eval_result("knn", knn, layer="pooled", step=total_steps)
+        if ctx.is_main:
+            reporter.log(total_steps, knn)
+            reporter.eval_result("knn", knn, layer="pooled", step=total_steps)
         last.update(knn)
     if world > 1:
         dist.barrier()
     last["step"] = total_steps
     return last
+
+
+def _load_trainee_state(trainee: Trainee, state: dict[str, Tensor]) -> bool:
+    """Load a checkpoint's model state; True if it held online-probe weights.
+
+    Strict for the method; the probe may differ because `train.online_probe` changed between
+    the run that saved the checkpoint and this one: a probe the checkpoint lacks starts fresh,
+    one this run does not want is dropped.
+    """
+    probe_keys = {k for k in state if k.startswith("probe.")}
+    if trainee.probe is None:
+        trainee.load_state_dict({k: v for k, v in state.items() if k not in probe_keys})
+        return bool(probe_keys)
+    if not probe_keys:
+        result = trainee.load_state_dict(state, strict=False)
+        wrong = list(result.unexpected_keys) + [
+            k for k in result.missing_keys if not k.startswith("probe.")
+        ]
+        if wrong:
+            raise RuntimeError(f"checkpoint does not match the model: {wrong}")
+        return False
+    trainee.load_state_dict(state)
+    return True
 
 
 def _reduce_means(sums: dict[str, Tensor], n: int, world: int) -> dict[str, float]:
