@@ -5,6 +5,7 @@
     sslengine eval finetune RUN [--epochs 10]
     sslengine eval retrieval RUN [--tap pooled] [--index-type auto]
     sslengine eval clusters RUN [--k 10] [--source auto]
+    sslengine eval jobs RUN [--status failed]   (queued evaluations; why failed ones failed)
 
 Every command takes ``--param key=value`` (repeatable) for any other parameter of the kind
 (see ``sslengine.eval.jobs.PARAMS``), ``--queue`` to send it to a worker instead of running it
@@ -93,7 +94,13 @@ def _run(
             )
         except (ValueError, BrokerUnavailable) as err:
             _fail(str(err))
-        typer.echo(json.dumps({"task_id": task_id}) if as_json else f"queued task {task_id}")
+        jobs = [j for j in store.list_eval_jobs(run_id) if j.task_id == task_id]
+        job_id = jobs[0].id if jobs else None
+        if as_json:
+            typer.echo(json.dumps({"task_id": task_id, "job_id": job_id}))
+        else:
+            typer.echo(f"queued evaluation job {job_id} (task {task_id}); "
+                       f"see: sslengine eval jobs {run_id}")  # fmt: skip
         return
     from sslengine.eval.jobs import probe_over_training, run_evaluation
 
@@ -206,3 +213,67 @@ def clusters(
     """Cluster assignments: SwAV's prototypes, or spherical k-means for other methods."""
     params = _params(param, k=k, source=source)
     _run(run_id, "clusters", step, tap, params, queue, as_json, queue_name=queue_name)
+
+
+def _job_dict(j) -> dict[str, Any]:
+    return {
+        "id": j.id,
+        "run_id": j.run_id,
+        "kind": j.kind,
+        "checkpoint_step": j.checkpoint_step,
+        "all_checkpoints": j.all_checkpoints,
+        "layer": j.layer,
+        "params": j.params,
+        "status": j.status,
+        "error": j.error,
+        "result_ids": j.result_ids,
+        "task_id": j.task_id,
+        "worker_host": j.worker_host,
+        "log_path": j.log_path,
+        "created_at": j.created_at.isoformat(),
+        "started_at": j.started_at.isoformat() if j.started_at else None,
+        "finished_at": j.finished_at.isoformat() if j.finished_at else None,
+    }
+
+
+@eval_app.command()
+def jobs(
+    run_id: str,
+    status: str = typer.Option(None, help="only jobs in this state (queued, running, ...)"),
+    as_json: bool = _JSON,
+) -> None:
+    """Evaluations sent through the queue: their state, and the error of the failed ones."""
+    from sslengine.store import EVAL_JOB_STATUSES
+
+    if status is not None and status not in EVAL_JOB_STATUSES:
+        _fail(f"unknown status '{status}'; choose from: {', '.join(EVAL_JOB_STATUSES)}")
+    store = _store()
+    if store.get_run(run_id) is None:
+        _fail(f"run {run_id} does not exist")
+    found = store.list_eval_jobs(run_id, status)
+    if as_json:
+        typer.echo(json.dumps([_job_dict(j) for j in found], indent=1))
+        return
+    if not found:
+        typer.echo("no evaluation jobs")
+        return
+    head = ["id", "kind", "step", "layer", "status", "submitted", "error"]
+    body = []
+    for j in found:
+        step = "all" if j.all_checkpoints else str(j.checkpoint_step)
+        error = " | ".join(line.strip() for line in (j.error or "").splitlines() if line.strip())
+        body.append(
+            [
+                str(j.id),
+                j.kind,
+                step,
+                j.layer or "-",
+                j.status,
+                j.created_at.strftime("%Y-%m-%d %H:%M:%S"),
+                error if len(error) <= 200 else error[:199] + "…",
+            ]
+        )
+    widths = [max(len(h), *(len(b[i]) for b in body)) for i, h in enumerate(head)]
+    typer.echo("  ".join(h.ljust(w) for h, w in zip(head, widths, strict=True)).rstrip())
+    for b in body:
+        typer.echo("  ".join(c.ljust(w) for c, w in zip(b, widths, strict=True)).rstrip())

@@ -263,7 +263,15 @@ def test_runs_page_resume_queues_a_stopped_run(
     at.button(key="act.resume").click().run()
     assert not at.exception
     assert store.get_run(run_id).status == "queued"
-    assert client.llen(celery_queue_env) >= before + 1 or store.get_run(run_id).worker_host
+    # the message is either still in the queue or a worker of this session already took it
+    # (it may be between popping the message and recording its host: wait for that)
+    deadline = time.monotonic() + 60
+    while client.llen(celery_queue_env) < before + 1:
+        run = store.get_run(run_id)
+        if run.worker_host or run.status != "queued":
+            break
+        assert time.monotonic() < deadline, "resume queued nothing"
+        time.sleep(0.2)
 
 
 def test_runs_page_resume_without_broker_is_a_message(scratch_runs, finished_run, monkeypatch):

@@ -16,6 +16,11 @@ from tasks.submit import cancel
 MAX_POINTS = 2000
 LOG_LINES = 100
 LIVE = {"queued", "running"}
+EVAL_REFRESH_S = 3.0
+# The series the page draws, and the single values it shows: the only keys it looks up
+# (one statement for all of them, an index seek per key; no scan of the run's points).
+CHARTED = ("loss", "lr", "throughput", "online_probe_acc", "embed_std", "effective_rank")
+SHOWN = ("knn_top1_k20", "embed_std_ref")
 EVAL_KINDS = {
     "kNN": "knn",
     "Linear probes": "probe",
@@ -48,6 +53,15 @@ if run.notes:
     st.markdown(run.notes)
 
 
+@st.cache_data(max_entries=128, show_spinner=False)
+def _series(run_id: str, key: str, last_step: int, run_step: int) -> tuple[list[int], list[float]]:
+    """One series, min/max downsampled to MAX_POINTS, cached on its last logged step: a rerun
+    (a widget, the live refresh, another viewer of the same run) fetches only series that
+    have grown. ``run_step`` is in the key because a resumed run rewrites the steps after
+    its checkpoint, which does not move a series' last step until it passes it."""
+    return store().metric_series(run_id, key, MAX_POINTS)
+
+
 @st.fragment(run_every=2.0 if run.status in LIVE else None)
 def live() -> None:
     r = s.get_run(run_id)
@@ -58,7 +72,8 @@ def live() -> None:
     c1.metric("Status", r.status)
     c2.metric("Step", f"{r.step} / {r.total_steps or '?'}")
     c3.metric("ETA", format_eta(r.eta_seconds) if r.status == "running" else "—")
-    last_knn = s.last_metric(run_id, "knn_top1_k20")
+    last = s.last_metrics(run_id, (*CHARTED, *SHOWN))
+    last_knn = last.get("knn_top1_k20")
     c4.metric("kNN top-1 (k=20)", f"{last_knn[1] * 100:.1f}%" if last_knn else "—")
     st.progress(
         min(1.0, max(0.0, r.progress or 0.0)), text=f"{(r.progress or 0) * 100:.1f}% · {r.status}"
@@ -80,12 +95,16 @@ def live() -> None:
         cancel(run_id, store=s, **actor(current_user()))
         st.toast(f"Cancel requested for {run_id}")
         st.rerun(scope="fragment")
-    keys = set(s.metric_keys(run_id))
+
+    def series(key: str) -> tuple[list[int], list[float]]:
+        return _series(run_id, key, last[key][0], r.step)
+
+    keys = set(last)
     if "loss" not in keys:
         st.info("No metrics yet: the run has not logged its first steps.")
     else:
         st.plotly_chart(
-            line_chart({"loss": s.metric_series(run_id, "loss", MAX_POINTS)}, "Loss"),
+            line_chart({"loss": series("loss")}, "Loss"),
             key="loss_chart",
         )
         cols = st.columns(2)
@@ -95,25 +114,25 @@ def live() -> None:
         ):
             if key in keys:
                 col.plotly_chart(
-                    line_chart({key: s.metric_series(run_id, key, MAX_POINTS)}, title),
+                    line_chart({key: series(key)}, title),
                     key=f"{key}_chart",
                 )
         if "online_probe_acc" in keys:
             st.plotly_chart(
                 line_chart(
-                    {"online probe": s.metric_series(run_id, "online_probe_acc", MAX_POINTS)},
+                    {"online probe": series("online_probe_acc")},
                     "Online linear probe accuracy (train batches, detached features)",
                 ),
                 key="probe_chart",
             )
         if "embed_std" in keys or "effective_rank" in keys:
             st.subheader("Collapse")
-            ref = s.last_metric(run_id, "embed_std_ref")
+            ref = last.get("embed_std_ref")
             cols = st.columns(2)
             if "embed_std" in keys:
                 cols[0].plotly_chart(
                     line_chart(
-                        {"std": s.metric_series(run_id, "embed_std", MAX_POINTS)},
+                        {"std": series("embed_std")},
                         "Embedding std vs 1/sqrt(d)",
                         ref_line=ref[1] if ref else None,
                         ref_label=f"1/sqrt(d) = {ref[1]:.3g}" if ref else None,
@@ -125,7 +144,7 @@ def live() -> None:
                 d = round(1.0 / ref[1] ** 2) if ref and ref[1] else None
                 cols[1].plotly_chart(
                     line_chart(
-                        {"effective rank": s.metric_series(run_id, "effective_rank", MAX_POINTS)},
+                        {"effective rank": series("effective_rank")},
                         "Effective rank of the embeddings",
                         ref_line=float(d) if d else None,
                         ref_label=f"d = {d}" if d else None,
@@ -146,37 +165,99 @@ live()
 
 # ---- evaluations: results, and launching new ones on any checkpoint
 st.subheader("Evaluations")
-rows = newest_per_key(s.list_eval_results(run_id))
-if rows:
-    table = []
-    for r in sorted(rows, key=lambda r: (r.kind, -(r.checkpoint_step or 0), layer_rank(r.layer))):
-        shown = {k: v for k, v in r.metrics.items() if isinstance(v, int | float | str)}
-        table.append(
-            {
-                "kind": r.kind,
-                "step": r.checkpoint_step,
-                "layer": r.layer,
-                "metrics": ", ".join(
-                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in sorted(shown.items())
-                ),
-                "recorded": r.created_at,
-            }
+
+
+def _evaluating(run_status: str | None, jobs: list) -> bool:
+    """Whether results may still arrive: the run itself is live (its configured evaluations
+    follow pretraining) or one of its evaluation jobs is queued or running."""
+    return run_status in LIVE or any(j.status in LIVE for j in jobs)
+
+
+refresh_evals = _evaluating(run.status, s.list_eval_jobs(run_id))
+
+
+@st.fragment(run_every=EVAL_REFRESH_S if refresh_evals else None)
+def evaluations() -> None:
+    rows = newest_per_key(s.list_eval_results(run_id))
+    if rows:
+        table = []
+        for r in sorted(
+            rows, key=lambda r: (r.kind, -(r.checkpoint_step or 0), layer_rank(r.layer))
+        ):
+            shown = {k: v for k, v in r.metrics.items() if isinstance(v, int | float | str)}
+            table.append(
+                {
+                    "kind": r.kind,
+                    "step": r.checkpoint_step,
+                    "layer": r.layer,
+                    "metrics": ", ".join(
+                        f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
+                        for k, v in sorted(shown.items())
+                    ),
+                    "recorded": r.created_at,
+                }
+            )
+        st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
+        kinds = {r.kind for r in rows}
+        lcols = st.columns(4)
+        for col, kind, page, label in (
+            (lcols[0], "probe", "layers", "Layer-wise probes"),
+            (lcols[1], "clusters", "clusters", "Clusters"),
+            (lcols[2], "retrieval", "retrieval", "Retrieval"),
+            (lcols[3], "retrieval", "embeddings", "Embeddings"),
+        ):
+            if kind in kinds:
+                with col:
+                    link(page, label, run=run_id)
+    else:
+        st.caption("No evaluation results yet.")
+
+    # evaluations sent to a worker that have no results (yet): queued, running, or failed and why
+    jobs = s.list_eval_jobs(run_id)
+    pending = [j for j in jobs if j.status != "succeeded"][::-1][:20]
+    if pending:
+
+        def _what(j) -> tuple:
+            return (j.kind, j.all_checkpoints, j.checkpoint_step, j.layer)
+
+        st.dataframe(
+            pd.DataFrame(
+                [
+                    {
+                        "job": j.id,
+                        "kind": j.kind,
+                        "step": "all" if j.all_checkpoints else str(j.checkpoint_step),
+                        "layer": j.layer or "",
+                        "status": j.status,
+                        "submitted": j.created_at,
+                        "error": j.error or "",
+                    }
+                    for j in pending
+                ]
+            ),
+            hide_index=True,
+            width="stretch",
         )
-    st.dataframe(pd.DataFrame(table), hide_index=True, width="stretch")
-    kinds = {r.kind for r in rows}
-    lcols = st.columns(4)
-    for col, kind, page, label in (
-        (lcols[0], "probe", "layers", "Layer-wise probes"),
-        (lcols[1], "clusters", "clusters", "Clusters"),
-        (lcols[2], "retrieval", "retrieval", "Retrieval"),
-        (lcols[3], "retrieval", "embeddings", "Embeddings"),
-    ):
-        if kind in kinds:
-            with col:
-                link(page, label, run=run_id)
-else:
-    st.caption("No evaluation results yet.")
+        for j in pending:  # a failure not since redone successfully is shown in full
+            redone = any(
+                o.id > j.id and o.status == "succeeded" and _what(o) == _what(j) for o in jobs
+            )
+            if j.status == "failed" and not redone:
+                step = "every checkpoint" if j.all_checkpoints else f"step {j.checkpoint_step}"
+                st.error(f"The {j.kind} evaluation of {step} (job {j.id}) failed: {j.error}")
+    if refresh_evals:
+        fresh = s.get_run(run_id)
+        if _evaluating(fresh.status if fresh else None, jobs):
+            st.caption(
+                f"Refreshing every {EVAL_REFRESH_S:.0f} s while an evaluation is queued or running."
+            )
+        else:
+            # Nothing more to wait for: redraw the whole page once (new checkpoints, final
+            # curves), which also defines this fragment again without a refresh timer.
+            st.rerun()
+
+
+evaluations()
 
 ckpts = s.list_checkpoints(run_id)
 with st.expander(f"Checkpoints ({len(ckpts)}) and evaluation launchers", expanded=bool(ckpts)):
@@ -214,7 +295,11 @@ with st.expander(f"Checkpoints ({len(ckpts)}) and evaluation launchers", expande
                         st.error(f"Could not queue the {label} evaluation: {err}")
                     else:
                         where = "every checkpoint" if every else f"step {step}"
-                        st.success(f"Queued {label} evaluation of {where}.")
+                        # rerun so the evaluations above start refreshing for the new job
+                        st.session_state.eval_queued = f"Queued {label} evaluation of {where}."
+                        st.rerun()
+            if "eval_queued" in st.session_state:
+                st.success(st.session_state.pop("eval_queued"))
             st.caption(
                 "Evaluations run on a worker; their results appear above when they finish. "
                 "'Probe every checkpoint' feeds the layer-wise chart over training."

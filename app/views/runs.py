@@ -43,8 +43,12 @@ for param, value in (("status", ",".join(statuses)), ("method", method), ("q", s
 
 
 def filtered_runs() -> list[RunRecord]:
-    runs = s.list_runs(status=statuses or None, search=search.strip() or None, limit=1000)
-    return [r for r in runs if method == "(any)" or r.method == method]
+    return s.list_runs(
+        status=statuses or None,
+        search=search.strip() or None,
+        method=None if method == "(any)" else method,
+        limit=1000,
+    )
 
 
 def _pct(value: float | None) -> float | None:
@@ -61,9 +65,11 @@ def table() -> None:
     if not runs:
         st.info("No run matches these filters.")
         return
+    # one statement for the whole column, not one per run
+    last_knn = s.last_metric_many([r.id for r in runs], "knn_top1_k20")
     rows = []
     for r in runs:
-        knn = s.last_metric(r.id, "knn_top1_k20")
+        knn = last_knn.get(r.id)
         rows.append(
             {
                 "run": url("run", run=r.id),

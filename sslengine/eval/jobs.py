@@ -24,6 +24,7 @@ import json
 import logging
 import shutil
 import sys
+import time
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -531,6 +532,9 @@ def _execute(
 ) -> list[int]:
     from sslengine.train.data import load_splits
 
+    started = time.perf_counter()
+    log.info("%s of run %s at step %d (%s) on %s: started", req.kind, req.run_id,
+             checkpoint.step, ",".join(req.layers), device)  # fmt: skip
     backbone, ckpt = load_backbone(checkpoint.path, device)
     torch.manual_seed(req.cfg.seed)
     if data is None:
@@ -547,7 +551,7 @@ def _execute(
             rows = [(layer, metrics, final) for layer, metrics, _ in rows]
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-    return [
+    ids = [
         store.add_eval_result(
             req.run_id,
             req.kind,
@@ -558,6 +562,9 @@ def _execute(
         )
         for layer, metrics, folder in rows
     ]
+    log.info("%s of run %s at step %d: %d row(s) in %.1f s", req.kind, req.run_id,
+             checkpoint.step, len(ids), time.perf_counter() - started)  # fmt: skip
+    return ids
 
 
 def run_evaluation(

@@ -16,9 +16,10 @@ from sslengine.store.artifacts import (
 )
 from sslengine.store.db import database_url, dispose_engines, get_engine, migrate
 from sslengine.store.downsample import minmax_downsample
-from sslengine.store.models import RUN_STATUSES, TERMINAL_STATUSES
+from sslengine.store.models import EVAL_JOB_STATUSES, RUN_STATUSES, TERMINAL_STATUSES
 from sslengine.store.repository import (
     CheckpointRecord,
+    EvalJobRecord,
     EvalResultRecord,
     RunNotFound,
     RunRecord,
@@ -26,9 +27,11 @@ from sslengine.store.repository import (
 )
 
 __all__ = [
+    "EVAL_JOB_STATUSES",
     "RUN_STATUSES",
     "TERMINAL_STATUSES",
     "CheckpointRecord",
+    "EvalJobRecord",
     "EvalResultRecord",
     "RunNotFound",
     "RunRecord",

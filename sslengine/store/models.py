@@ -1,4 +1,4 @@
-"""ORM schema of the store: runs, metric points, checkpoints and evaluation results.
+"""ORM schema of the store: runs, metric points, checkpoints, evaluation results and jobs.
 
 The schema is created and changed only by the Alembic migrations in
 ``sslengine/store/migrations``; ``tests/test_store.py`` checks that the migrated database
@@ -31,6 +31,8 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 RUN_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed", "cancelled", "lost")
 TERMINAL_STATUSES: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "lost"})
+# An evaluation requested through the queue (EvalJob): its own, shorter life cycle.
+EVAL_JOB_STATUSES: tuple[str, ...] = ("queued", "running", "succeeded", "failed")
 
 # Deterministic constraint names: SQLite can only alter a table by copying it (Alembic batch
 # mode), which needs every constraint to have a name the next migration can refer to.
@@ -181,3 +183,36 @@ class EvalResult(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(JSONText)
     artifact_path: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+
+
+class EvalJob(Base):
+    """One evaluation requested through the queue: its state, and why it failed if it did.
+
+    Written by ``tasks.evaluate`` (``queued`` at submission, ``running`` on the worker, then
+    ``succeeded`` with the ids of the ``eval_results`` rows it wrote, or ``failed`` with the
+    error), read by the dashboard and ``sslengine eval jobs``. Results live in ``eval_results``.
+    """
+
+    __tablename__ = "eval_jobs"
+    __table_args__ = (
+        CheckConstraint("status IN ('queued', 'running', 'succeeded', 'failed')", name="status"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(
+        String(32), ForeignKey("runs.id", ondelete="CASCADE"), index=True
+    )
+    kind: Mapped[str] = mapped_column(String(32))
+    checkpoint_step: Mapped[int | None] = mapped_column(Integer)
+    layer: Mapped[str | None] = mapped_column(String(200))
+    params: Mapped[dict[str, Any]] = mapped_column(JSONText)
+    all_checkpoints: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(16), default="queued", index=True)
+    error: Mapped[str | None] = mapped_column(Text)
+    task_id: Mapped[str | None] = mapped_column(String(255))
+    worker_host: Mapped[str | None] = mapped_column(String(255))
+    log_path: Mapped[str | None] = mapped_column(Text)
+    result_ids: Mapped[list[int] | None] = mapped_column(JSONText)  # a JSON list
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

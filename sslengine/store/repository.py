@@ -17,16 +17,31 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import numpy as np
-from sqlalchemy import Connection, Engine, bindparam, delete, func, or_, select, update
+from sqlalchemy import (
+    Connection,
+    Engine,
+    Select,
+    bindparam,
+    delete,
+    func,
+    literal,
+    or_,
+    select,
+    text,
+    union_all,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import URL
 
 from sslengine.store.db import get_engine
 from sslengine.store.downsample import minmax_downsample
 from sslengine.store.models import (
+    EVAL_JOB_STATUSES,
     RUN_STATUSES,
     TERMINAL_STATUSES,
     Checkpoint,
+    EvalJob,
     EvalResult,
     Metric,
     Run,
@@ -36,10 +51,35 @@ _RUNS = Run.__table__
 _METRICS = Metric.__table__
 _CHECKPOINTS = Checkpoint.__table__
 _EVALS = EvalResult.__table__
+_EVAL_JOBS = EvalJob.__table__
 
 # Rows per executemany call: the drivers fold rows into multi-row statements, and this keeps
 # each one far below SQLite's 32766 bound-parameter limit (5 per row).
 _METRIC_CHUNK = 2000
+# Run ids per `last_metric_many` statement: far below SQLite's 32766 and PostgreSQL's 65535
+# bound parameters. Keys per `last_metrics` statement: one UNION ALL branch per key, below
+# SQLite's 500 compound SELECT terms.
+_RUN_ID_CHUNK = 10_000
+_KEY_CHUNK = 200
+
+# Loose index scan (PostgreSQL wiki, "Loose indexscan"): walk the distinct keys of one run
+# through the (run_id, key, step) primary key, one index seek per key, instead of reading
+# every point of the run as SELECT DISTINCT does. Portable to SQLite and PostgreSQL.
+_METRIC_KEYS_SQL = text(
+    """
+    WITH RECURSIVE run_keys(key) AS (
+        SELECT (SELECT key FROM metrics WHERE run_id = :run_id ORDER BY key LIMIT 1)
+        UNION ALL
+        SELECT (
+            SELECT m.key FROM metrics AS m
+            WHERE m.run_id = :run_id AND m.key > run_keys.key
+            ORDER BY m.key LIMIT 1
+        )
+        FROM run_keys WHERE run_keys.key IS NOT NULL
+    )
+    SELECT key FROM run_keys WHERE key IS NOT NULL
+    """
+)
 
 
 class RunNotFound(KeyError):
@@ -107,6 +147,28 @@ class EvalResultRecord:
     created_at: datetime
 
 
+@dataclass(frozen=True)
+class EvalJobRecord:
+    """An evaluation requested through the queue (see ``models.EvalJob``)."""
+
+    id: int
+    run_id: str
+    kind: str
+    checkpoint_step: int | None
+    layer: str | None
+    params: dict[str, Any]
+    all_checkpoints: bool
+    status: str
+    error: str | None
+    task_id: str | None
+    worker_host: str | None
+    log_path: str | None
+    result_ids: list[int] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
 _RUN_FIELDS = tuple(f.name for f in fields(RunRecord))
 # ``id`` names the row and ``created_at`` orders the run list: neither is rewritten.
 _UPDATABLE_RUN_FIELDS = frozenset(_RUN_FIELDS) - {"id", "created_at"}
@@ -125,6 +187,34 @@ def _check_status(status: str) -> None:
 def _row_to(cls: type, row: Any) -> Any:
     mapping = row._mapping
     return cls(**{f.name: mapping[f.name] for f in fields(cls)})
+
+
+def _driver_rows(connection: Connection, query: Select) -> list[tuple[Any, ...]]:
+    """The rows of ``query`` as the DBAPI driver returns them (plain tuples).
+
+    For long metric series: SQLAlchemy builds a ``Row`` per point, which costs about twice
+    the database's own time for a 100,000-point series (bench/dashboard_data.py). The
+    statement is still built and compiled by SQLAlchemy for the connection's dialect; only
+    the bind and result processing is skipped, so use it only where neither parameters nor
+    columns need a type conversion (strings, integers, floats).
+    """
+    compiled = query.compile(dialect=connection.dialect)
+    params: Any = compiled.construct_params()
+    if compiled.positional:
+        params = tuple(params[name] for name in compiled.positiontup or ())
+    cursor = connection.connection.cursor()
+    try:
+        cursor.execute(str(compiled), params)
+        return cursor.fetchall()
+    finally:
+        cursor.close()
+
+
+_POINT = np.dtype([("step", np.int64), ("value", np.float64)])
+
+
+def _point(step: Any, value: Any) -> tuple[int, float]:
+    return int(step), math.nan if value is None else float(value)
 
 
 class Store:
@@ -206,9 +296,10 @@ class Store:
         owner: str | None = None,
         search: str | None = None,
         limit: int = 500,
+        method: str | None = None,
     ) -> list[RunRecord]:
         """Runs newest first. ``search`` is a case-insensitive substring of the id, name,
-        notes, method, dataset or backbone."""
+        notes, method, dataset or backbone; ``method`` an exact method name."""
         query = select(_RUNS)
         if status is not None:
             statuses = [status] if isinstance(status, str) else list(status)
@@ -217,6 +308,8 @@ class Store:
             query = query.where(_RUNS.c.status.in_(statuses))
         if owner is not None:
             query = query.where(_RUNS.c.owner == owner)
+        if method is not None:
+            query = query.where(_RUNS.c.method == method)
         if search:
             needle = search.lower()
             columns = ("id", "name", "notes", "method", "dataset", "backbone")
@@ -362,10 +455,9 @@ class Store:
         return len(params)
 
     def metric_keys(self, run_id: str) -> list[str]:
+        """The run's series names, sorted; one index seek per key, whatever their length."""
         with self._tx() as connection:
-            keys = connection.execute(
-                select(_METRICS.c.key).where(_METRICS.c.run_id == run_id).distinct()
-            ).scalars()
+            keys = connection.execute(_METRIC_KEYS_SQL, {"run_id": run_id}).scalars()
             return sorted(keys)
 
     def metric_series(
@@ -385,12 +477,12 @@ class Store:
         if start_step is not None:
             query = query.where(_METRICS.c.step >= start_step)
         with self._tx() as connection:
-            rows = connection.execute(query.order_by(_METRICS.c.step)).all()
+            rows = _driver_rows(connection, query.order_by(_METRICS.c.step))
         if not rows:
             return [], []
-        steps = np.fromiter((r[0] for r in rows), dtype=np.int64, count=len(rows))
-        # dtype=float turns the NULLs that stand for NaN back into NaN.
-        values = np.array([r[1] for r in rows], dtype=np.float64)
+        # A float field turns the NULLs that stand for NaN back into NaN.
+        data = np.fromiter(rows, dtype=_POINT, count=len(rows))
+        steps, values = data["step"], data["value"]
         if max_points is not None and len(rows) > max_points:
             steps, values = minmax_downsample(steps, values, max_points)
         return steps.tolist(), values.tolist()
@@ -405,7 +497,70 @@ class Store:
             ).first()
         if row is None:
             return None
-        return int(row[0]), math.nan if row[1] is None else float(row[1])
+        return _point(row[0], row[1])
+
+    def last_metrics(self, run_id: str, keys: Iterable[str]) -> dict[str, tuple[int, float]]:
+        """``{key: (step, value)}`` of the last point of each of ``keys`` the run has logged
+        (keys it has not logged are absent), in one statement: per key, an index seek for its
+        last step, then the point at that step."""
+        wanted = list(dict.fromkeys(keys))
+        found: dict[str, tuple[int, float]] = {}
+        with self._tx() as connection:
+            for start in range(0, len(wanted), _KEY_CHUNK):
+                branches = []
+                for key in wanted[start : start + _KEY_CHUNK]:
+                    last_step = (
+                        select(func.max(_METRICS.c.step))
+                        .where(_METRICS.c.run_id == run_id, _METRICS.c.key == key)
+                        .scalar_subquery()
+                    )
+                    branches.append(
+                        select(
+                            literal(key, _METRICS.c.key.type).label("key"),
+                            _METRICS.c.step,
+                            _METRICS.c.value,
+                        ).where(
+                            _METRICS.c.run_id == run_id,
+                            _METRICS.c.key == key,
+                            _METRICS.c.step == last_step,
+                        )
+                    )
+                query = branches[0] if len(branches) == 1 else union_all(*branches)
+                for key, step, value in connection.execute(query):
+                    found[key] = _point(step, value)
+        return found
+
+    def last_metric_many(self, run_ids: Iterable[str], key: str) -> dict[str, tuple[int, float]]:
+        """``{run_id: (step, value)}``: the last point of series ``key`` of each run, in one
+        statement (a list page's column); runs without that series are absent.
+
+        Per run an index seek finds the last step (MAX over the primary key's prefix), then
+        the point at that step is joined: no series is scanned, however long.
+        """
+        ids = list(dict.fromkeys(run_ids))
+        found: dict[str, tuple[int, float]] = {}
+        with self._tx() as connection:
+            for start in range(0, len(ids), _RUN_ID_CHUNK):
+                last_step = (
+                    select(func.max(_METRICS.c.step))
+                    .where(_METRICS.c.run_id == _RUNS.c.id, _METRICS.c.key == key)
+                    .scalar_subquery()
+                )
+                latest = (
+                    select(_RUNS.c.id.label("run_id"), last_step.label("step"))
+                    .where(_RUNS.c.id.in_(ids[start : start + _RUN_ID_CHUNK]))
+                    .subquery("latest")
+                )
+                query = select(_METRICS.c.run_id, _METRICS.c.step, _METRICS.c.value).join_from(
+                    latest,
+                    _METRICS,
+                    (_METRICS.c.run_id == latest.c.run_id)
+                    & (_METRICS.c.key == key)
+                    & (_METRICS.c.step == latest.c.step),
+                )
+                for run_id, step, value in connection.execute(query):
+                    found[run_id] = _point(step, value)
+        return found
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -482,3 +637,88 @@ class Store:
         with self._tx() as connection:
             rows = connection.execute(query.order_by(_EVALS.c.id))
             return [_row_to(EvalResultRecord, row) for row in rows]
+
+    # ----------------------------------------------------------------- evaluation jobs
+
+    def create_eval_job(
+        self,
+        run_id: str,
+        kind: str,
+        *,
+        checkpoint_step: int | None = None,
+        layer: str | None = None,
+        params: dict[str, Any] | None = None,
+        all_checkpoints: bool = False,
+        task_id: str | None = None,
+    ) -> int:
+        """Record a ``queued`` evaluation request; returns its id."""
+        with self._tx() as connection:
+            result = connection.execute(
+                _EVAL_JOBS.insert()
+                .values(
+                    run_id=run_id,
+                    kind=kind,
+                    checkpoint_step=checkpoint_step,
+                    layer=layer,
+                    params=dict(params or {}),
+                    all_checkpoints=bool(all_checkpoints),
+                    status="queued",
+                    task_id=task_id,
+                    created_at=utcnow(),
+                )
+                .returning(_EVAL_JOBS.c.id)
+            )
+            return int(result.scalar_one())
+
+    def set_eval_job_status(
+        self,
+        job_id: int,
+        status: str,
+        *,
+        error: str | None = None,
+        result_ids: Iterable[int] | None = None,
+        worker_host: str | None = None,
+        log_path: str | None = None,
+    ) -> None:
+        """Move an evaluation job to ``status``: ``running`` sets ``started_at`` (and the
+        worker's host and log), the end states set ``finished_at``, ``error`` / ``result_ids``.
+        Raises KeyError for an unknown id (its run was deleted, say)."""
+        if status not in EVAL_JOB_STATUSES:
+            raise ValueError(f"unknown evaluation job status {status!r}; expected one of "
+                             f"{EVAL_JOB_STATUSES}")  # fmt: skip
+        now = utcnow()
+        values: dict[str, Any] = {"status": status}
+        if status == "running":
+            values.update(started_at=now, finished_at=None, error=None)
+        elif status in ("succeeded", "failed"):
+            values.update(finished_at=now, error=error)
+        if result_ids is not None:
+            values["result_ids"] = [int(i) for i in result_ids]
+        if worker_host is not None:
+            values["worker_host"] = worker_host
+        if log_path is not None:
+            values["log_path"] = str(log_path)
+        with self._tx() as connection:
+            result = connection.execute(
+                update(_EVAL_JOBS).where(_EVAL_JOBS.c.id == job_id).values(**values)
+            )
+        if result.rowcount == 0:
+            raise KeyError(f"evaluation job {job_id} does not exist")
+
+    def get_eval_job(self, job_id: int) -> EvalJobRecord | None:
+        with self._tx() as connection:
+            row = connection.execute(select(_EVAL_JOBS).where(_EVAL_JOBS.c.id == job_id)).first()
+        return None if row is None else _row_to(EvalJobRecord, row)
+
+    def list_eval_jobs(
+        self, run_id: str | None = None, status: str | None = None
+    ) -> list[EvalJobRecord]:
+        """Evaluation jobs in the order they were submitted, optionally of one run / status."""
+        query = select(_EVAL_JOBS)
+        if run_id is not None:
+            query = query.where(_EVAL_JOBS.c.run_id == run_id)
+        if status is not None:
+            query = query.where(_EVAL_JOBS.c.status == status)
+        with self._tx() as connection:
+            rows = connection.execute(query.order_by(_EVAL_JOBS.c.id))
+            return [_row_to(EvalJobRecord, row) for row in rows]
