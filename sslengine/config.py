@@ -128,7 +128,15 @@ class TrainConfig(Section):
         "(logs online_probe_acc; never changes the representation)",
     )
     channels_last: bool = True
-    compile: bool = False
+    compile: bool = Field(False, description="torch.compile the model")
+    compile_augment: bool = Field(
+        False,
+        description=(
+            "torch.compile the batched augmentation: inductor fuses its ~100 small elementwise "
+            "ops per view into a few loops (2.7x faster per view on CPU, and it keeps the loop "
+            "fed when cores are oversubscribed); costs ~30 s of compilation at start"
+        ),
+    )
 
     @field_validator("devices")
     @classmethod

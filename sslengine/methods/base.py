@@ -106,7 +106,8 @@ class Method(nn.Module):
             view_cfg = self.view_config(size, scale_min, scale_max)
             if overrides:
                 view_cfg = dataclasses.replace(view_cfg, **overrides)
-            aug = self._augmenters[key] = BatchAugment(view_cfg)
+            compile_ = self.cfg.train.compile_augment
+            aug = self._augmenters[key] = BatchAugment(view_cfg, compile=compile_)
         return aug
 
     def two_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
