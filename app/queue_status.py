@@ -3,7 +3,7 @@
 A broadcast waits its whole timeout for replies, so the questions (active_queues, active,
 reserved) are asked in parallel with one short timeout, after a sub-second broker check: an
 unreachable Redis answers at once instead of stalling the page on connection retries. The
-result is cached for a few seconds by the caller.
+result is kept fresh by a background `QueueStatusPoller`, which pages read without waiting.
 
 Broadcasts reach every worker on the broker, including ones serving other queues (another
 deployment, a test session); only workers consuming this app's queue are counted, the others
@@ -12,6 +12,7 @@ are listed apart.
 
 from __future__ import annotations
 
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -103,3 +104,32 @@ def fetch_queue_status(timeout_s: float = 0.7, broker_timeout_s: float = 0.3) ->
     status.reserved = {w: t for w, t in answers["reserved"].items() if w in ours}
     status.elapsed_s = time.monotonic() - t0
     return status
+
+
+class QueueStatusPoller:
+    """Keeps a recent `QueueStatus` for every page view to read without waiting: a daemon
+    thread asks every `interval_s` seconds, so ten sessions loading the Runs page cost the
+    broker one broadcast per interval and none of them waits for a broadcast's timeout
+    (stale-while-revalidate). Only the first read of a new poller waits, for its first answer.
+    """
+
+    def __init__(self, interval_s: float = 5.0, timeout_s: float = 0.7):
+        self.interval_s = interval_s
+        self.timeout_s = timeout_s
+        self._latest: QueueStatus | None = None
+        self._first = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="queue-status", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            try:
+                self._latest = fetch_queue_status(timeout_s=self.timeout_s)
+            except Exception as err:  # noqa: BLE001 - shown on the page, retried next interval
+                self._latest = QueueStatus(broker_error=str(err), checked_at=time.time())
+            self._first.set()
+            time.sleep(self.interval_s)
+
+    def latest(self) -> QueueStatus:
+        self._first.wait(self.timeout_s + 5.0)
+        return self._latest or QueueStatus(broker_error="no answer yet", checked_at=time.time())

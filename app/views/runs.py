@@ -3,12 +3,14 @@
 
 from __future__ import annotations
 
+import os
+
 import pandas as pd
 import streamlit as st
 
 from app.auth import actor, current_user, may_act_on
 from app.charts import format_eta
-from app.queue_status import QueueStatus, fetch_queue_status
+from app.queue_status import QueueStatus, QueueStatusPoller
 from app.state import link, link_to_run, run_label, store, url
 from sslengine.store import RUN_STATUSES, RunRecord
 from tasks.submit import BrokerUnavailable, cancel, delete, resume
@@ -185,10 +187,17 @@ if runs:
                 st.rerun()
 
 
-# ---- queue and workers (cached: a broadcast waits its whole timeout for replies)
-@st.cache_data(ttl=5, show_spinner=False)
+# ---- queue and workers: a broadcast waits its whole timeout for replies, so a background
+# poller asks every few seconds and the page reads its latest answer (one per broker / queue)
+@st.cache_resource(show_spinner=False)
+def _poller(broker: str, queue: str) -> QueueStatusPoller:
+    return QueueStatusPoller()
+
+
 def _queue_status() -> QueueStatus:
-    return fetch_queue_status()
+    from sslengine.settings import redis_url
+
+    return _poller(redis_url(), os.environ.get("SSL_QUEUE", "")).latest()
 
 
 with st.expander("Queue and workers"):
