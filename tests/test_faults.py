@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_queue_integration import training_processes
+from test_queue_integration import training_pids, training_processes
 
 from services_fixtures import start_worker_process, stop_process_group, tiny_simclr, wait_for_status
 from sslengine.config import parse_config
@@ -34,9 +34,7 @@ def _create(store: Store, cfg) -> str:
     )
 
 
-def test_sigkilled_worker_run_is_lost_resumed_and_equals_uninterrupted(
-    celery_worker, ssl_home
-):
+def test_sigkilled_worker_run_is_lost_resumed_and_equals_uninterrupted(celery_worker, ssl_home):
     """Kill worker 2 (SIGKILL, whole process group) after a checkpoint: the training group dies
     with it, worker 1's watchdog marks the run lost and re-queues it, worker 1 resumes from the
     checkpoint; every step is logged exactly once and the final weights equal a straight run's."""
@@ -54,6 +52,9 @@ def test_sigkilled_worker_run_is_lost_resumed_and_equals_uninterrupted(
                 break
             time.sleep(0.2)
         assert store.get_run(run_id).status == "running"
+        # training runs below the worker's priority (SSL_TRAIN_NICE, default 10)
+        pids = training_pids(run_id)
+        assert pids and all(os.getpriority(os.PRIO_PROCESS, p) >= 10 for p in pids)
         os.killpg(w2.pid, signal.SIGKILL)
     finally:
         stop_process_group(w2)

@@ -60,6 +60,19 @@ def training_processes(run_id: str) -> list[str]:
     return found
 
 
+def training_pids(run_id: str) -> list[int]:
+    """Pids of the live processes that train `run_id`."""
+    import psutil
+
+    return [
+        p.pid
+        for p in psutil.process_iter(["cmdline", "status"])
+        if "sslengine.train" in " ".join(p.info["cmdline"] or [])
+        and run_id in " ".join(p.info["cmdline"] or [])
+        and p.info["status"] != "zombie"
+    ]
+
+
 def test_unreachable_broker_names_url_and_queues_nothing(ssl_home, monkeypatch):
     monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
     store = Store.default()

@@ -64,6 +64,24 @@ def group_alive(pgid: int) -> bool:
         return False
 
 
+def train_niceness() -> int:
+    """Scheduling niceness of the training process group: SSL_TRAIN_NICE, default 10. Training
+    is batch work: on a host it shares with the dashboard (`make up`, a small team server) the
+    pages and the supervisor's heartbeats come first; on a dedicated GPU host nothing competes
+    and it costs nothing. 0 turns it off."""
+    value = int(os.environ.get("SSL_TRAIN_NICE", "10"))
+    if not 0 <= value <= 19:
+        raise ValueError(f"SSL_TRAIN_NICE must be in [0, 19], got {value}")
+    return value
+
+
+def _start_child(parent: int, nice: int) -> None:
+    """In the forked child, before exec: die with the worker, then lower the priority."""
+    die_with_parent(parent)
+    if nice:
+        os.nice(nice)
+
+
 def _error_text(workdir: Path, log_path: Path) -> str:
     errors = sorted(workdir.glob("error_rank*.txt"))
     if errors:
@@ -132,6 +150,7 @@ def supervise_run(
     store.heartbeat(run_id, socket.gethostname())
 
     parent = os.getpid()
+    nice = train_niceness()
     with open(log_path, "ab") as logf:
         proc = subprocess.Popen(
             cmd,
@@ -139,7 +158,7 @@ def supervise_run(
             stderr=subprocess.STDOUT,
             start_new_session=True,
             env=os.environ.copy(),
-            preexec_fn=lambda: die_with_parent(parent),
+            preexec_fn=lambda: _start_child(parent, nice),
         )
     pgid = proc.pid
     sync = ArtifactSync(run_id).start()
