@@ -629,14 +629,16 @@ class Store:
         self, run_id: str | None = None, kind: str | None = None
     ) -> list[EvalResultRecord]:
         """Evaluations in the order they were recorded, optionally of one run / kind."""
-        query = select(_EVALS)
-        if run_id is not None:
-            query = query.where(_EVALS.c.run_id == run_id)
-        if kind is not None:
-            query = query.where(_EVALS.c.kind == kind)
+        return self._list_by_id(_EVALS, EvalResultRecord, run_id=run_id, kind=kind)
+
+    def _list_by_id(self, table: Any, record: type, **equal: Any) -> list[Any]:
+        """Rows of `table` in id order as `record`s, where each non-None column filter holds."""
+        query = select(table)
+        for column, value in equal.items():
+            if value is not None:
+                query = query.where(table.c[column] == value)
         with self._tx() as connection:
-            rows = connection.execute(query.order_by(_EVALS.c.id))
-            return [_row_to(EvalResultRecord, row) for row in rows]
+            return [_row_to(record, row) for row in connection.execute(query.order_by(table.c.id))]
 
     # ----------------------------------------------------------------- evaluation jobs
 
@@ -714,11 +716,4 @@ class Store:
         self, run_id: str | None = None, status: str | None = None
     ) -> list[EvalJobRecord]:
         """Evaluation jobs in the order they were submitted, optionally of one run / status."""
-        query = select(_EVAL_JOBS)
-        if run_id is not None:
-            query = query.where(_EVAL_JOBS.c.run_id == run_id)
-        if status is not None:
-            query = query.where(_EVAL_JOBS.c.status == status)
-        with self._tx() as connection:
-            rows = connection.execute(query.order_by(_EVAL_JOBS.c.id))
-            return [_row_to(EvalJobRecord, row) for row in rows]
+        return self._list_by_id(_EVAL_JOBS, EvalJobRecord, run_id=run_id, status=status)
