@@ -11,6 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from sslengine.distributed import all_reduce_max_, all_reduce_sum_, world_size
+
 
 def _scores(v: Tensor, positive: Tensor, negatives: Tensor, temperature: float):
     # s(u, v) / tau with cosine similarity s; (N,) for the positive, (N, n_neg) for negatives.
@@ -42,8 +44,13 @@ def pirl_nce(
     Since ``h = sigmoid(s/tau - log(|D_N|/|D|))`` it is computed with ``logsigmoid``, which
     stays finite at any temperature. ``log_norm_constant`` subtracts ``log Z`` from every score,
     i.e. ``exp(s/tau)`` is read as the unnormalised density ``exp(s/tau) / Z``; the paper's
-    formula is ``Z = 1`` (the default). Wu et al. 2018 / VISSL estimate Z once from the first
-    batch (``Z = |D| * mean exp(s/tau)``); pass its log here to reproduce them.
+    formula is written with ``Z = 1`` (the default), but with ``Z = 1`` the binary terms are
+    badly unbalanced: ``exp(s/tau)`` is ~1 to 1e6 while the noise rate ``|D_N|/|D|`` is < 1, so
+    every negative has ``h ~ 1`` and the ``|D_N|`` negative terms dominate the gradient
+    (measured: 6e4 times the positive term's on random-init features) and the loss cannot train.
+    Wu et al. 2018 (eq. 6) and VISSL's PIRL (``norm_constant: -1``) estimate Z once, from the
+    first batch, as ``Z = |D| * mean exp(s/tau)`` over uniformly sampled bank entries:
+    :func:`nce_log_normaliser` computes that log Z; pass it here.
 
     ``variant="infonce"`` replaces the binary NCE terms by the softmax cross-entropy that most
     reimplementations use: ``-log exp(s(m_I,v)/tau) / (exp(s(m_I,v)/tau) + sum_{I'}
@@ -59,7 +66,7 @@ def pirl_nce(
         dataset_size: |D|, the number of images the bank holds; required by ``"nce"``.
         lambda_: weight of the transformed-image term (0.5 in PIRL).
         variant: ``"nce"`` (paper) or ``"infonce"`` (softmax).
-        log_norm_constant: log Z, see above.
+        log_norm_constant: log Z, see above (a float or a 0-d tensor, no gradient).
 
     All features are L2-normalised here (s is cosine similarity). Returns a scalar: the mean
     over the N images of the per-image loss (each summing over its negatives).
@@ -106,3 +113,47 @@ def pirl_nce(
             return F.cross_entropy(logits, labels)
 
     return lambda_ * l_nce(g_jig) + (1 - lambda_) * l_nce(f_img)
+
+
+@torch.no_grad()
+def nce_log_normaliser(
+    features: Tensor, memory_neg: Tensor, temperature: float, dataset_size: int
+) -> Tensor:
+    """log Z for the NCE of Wu et al. 2018 (eq. 6) and PIRL: ``Z = |D| * mean exp(s(v, m')/tau)``.
+
+    The partition function ``Z_v = sum over all |D| bank entries m of exp(s(v, m)/tau)`` is
+    estimated by Monte Carlo from uniformly sampled entries, averaged over the batch's
+    features: ``Z = |D| / (N n_neg) * sum_{v, m'} exp(s(v, m')/tau)``. Computed once (on the
+    first step) and then held fixed, as Wu et al. and VISSL do (a moving Z would let the loss
+    lower itself by moving the normaliser instead of the features).
+
+    Args:
+        features: (N, D) features v scored against the bank (e.g. both f(v_I) and g(v_It)
+            stacked); normalised here.
+        memory_neg: (N, n_neg, D) per-sample or (n_neg, D) shared uniform samples of the bank.
+        temperature: tau.
+        dataset_size: |D|, the number of bank entries.
+
+    Returns:
+        A float32 0-d tensor, ``log Z``, computed in log space (finite at any temperature).
+
+    Distributed convention: the mean is over every rank's scores (an all-reduce of the ranks'
+    means: equal local batches and the same negatives give the one-process value), so all
+    ranks hold the same Z. This is a collective: every rank must call it at the same step.
+    """
+    if features.dim() != 2 or memory_neg.shape[-1] != features.shape[1]:
+        raise ValueError(
+            f"features must be (N, D) and memory_neg (..., D); got {tuple(features.shape)}, "
+            f"{tuple(memory_neg.shape)}"
+        )
+    if dataset_size < 1:
+        raise ValueError(f"dataset_size must be positive, got {dataset_size}")
+    v = F.normalize(features.detach().float(), dim=1)
+    m_neg = F.normalize(memory_neg.detach().float(), dim=-1)
+    _, neg = _scores(v, v, m_neg, temperature)  # (N, n_neg)
+    # log of this rank's mean exp(score), then the log of the mean over ranks (log-sum-exp
+    # across ranks: shift by the global max so nothing overflows at a small tau).
+    local = torch.logsumexp(neg.flatten(), dim=0) - math.log(neg.numel())
+    shift = all_reduce_max_(local.clone())
+    total = all_reduce_sum_(torch.exp(local - shift))
+    return (shift + torch.log(total / world_size()) + math.log(dataset_size)).reshape(())
