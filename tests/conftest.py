@@ -125,4 +125,6 @@ def ssl_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Path]:
     migrate()
     yield tmp_path
     dispose_engines()
+
+
 from services_fixtures import *  # noqa: E402,F401,F403  (Redis, worker, SSL_HOME fixtures)

@@ -13,8 +13,10 @@ from sslengine.store import Store
 
 VIEWS = Path(__file__).resolve().parent.parent / "app" / "views"
 MAIN = Path(__file__).resolve().parent.parent / "app" / "main.py"
-SECRETS = {"passwords": {"alice": "wonderland", "guest": "guest-pw"},
-           "roles": {"admins": [], "viewers": ["guest"]}}
+SECRETS = {
+    "passwords": {"alice": "wonderland", "guest": "guest-pw"},
+    "roles": {"admins": [], "viewers": ["guest"]},
+}
 
 
 def _main(hosted: bool, monkeypatch) -> AppTest:
@@ -59,11 +61,18 @@ def test_hosted_launch_requires_login_and_refuses_viewers(ssl_home, monkeypatch)
 
 
 @pytest.mark.integration
-def test_hosted_member_launches_as_owner_and_cannot_cancel_others(ssl_home, redis_url,
-                                                                  celery_queue_env, monkeypatch):
+def test_hosted_member_launches_as_owner_and_cannot_cancel_others(
+    ssl_home, redis_url, celery_queue_env, monkeypatch
+):
     store = Store.default()
-    bobs = store.create_run(tiny_simclr(), name="bobs", owner="bob", method="simclr",
-                            dataset="digits", backbone="small_resnet")
+    bobs = store.create_run(
+        tiny_simclr(),
+        name="bobs",
+        owner="bob",
+        method="simclr",
+        dataset="digits",
+        backbone="small_resnet",
+    )
     at = _main(True, monkeypatch)
     at.session_state["auth_user"] = "alice"
     at.switch_page(str(VIEWS / "launch.py")).run()

@@ -145,13 +145,18 @@ def test_every_kind_of_odd_image_is_loaded_or_skipped_and_counted(tmp_path):
     assert ds.images.shape[1:] == (16, 16, 3)
     assert len(ds) == 9  # 8 good + bad/ok.png
     assert ds.skipped == 4, ds.skipped_files
-    assert {Path(f).name for f in ds.skipped_files} == {"zero.jpg", "truncated.jpg", "text.jpg",
-                                                        "huge.png"}
+    assert {Path(f).name for f in ds.skipped_files} == {
+        "zero.jpg",
+        "truncated.jpg",
+        "text.jpg",
+        "huge.png",
+    }
 
 
 @pytest.mark.integration
-def test_worker_survives_a_bad_dataset_and_keeps_earlier_runs(celery_worker, ssl_home,
-                                                              finished_run):
+def test_worker_survives_a_bad_dataset_and_keeps_earlier_runs(
+    celery_worker, ssl_home, finished_run
+):
     """A run on an empty folder fails with its message; the worker keeps serving; nothing
     stored earlier is touched."""
     from tasks.submit import submit

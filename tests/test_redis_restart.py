@@ -27,9 +27,24 @@ def _free_port() -> int:
 
 def _start_redis(port: int, data) -> subprocess.Popen:
     proc = subprocess.Popen(
-        [redis_server_binary(), "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
-         "--appendonly", "yes", "--appendfsync", "always", "--save", ""],
-        stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+        [
+            redis_server_binary(),
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+            "--save",
+            "",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.STDOUT,
+    )
     for _ in range(100):
         if redis_reachable(f"redis://127.0.0.1:{port}/0", 0.2):
             return proc
@@ -51,8 +66,13 @@ def test_worker_survives_redis_restart_and_queued_run_is_kept(ssl_home, tmp_path
         cfg = parse_config(tiny_simclr(max_steps=10, log_every=1))
         runs = []
         for name in ("first", "queued-behind"):
-            rid = store.create_run(cfg.model_dump(mode="json"), name=name, method="simclr",
-                                   dataset="digits", backbone="small_resnet")
+            rid = store.create_run(
+                cfg.model_dump(mode="json"),
+                name=name,
+                method="simclr",
+                dataset="digits",
+                backbone="small_resnet",
+            )
             client.send_task("sslengine.pretrain", args=[rid], queue=queue)
             runs.append(rid)
         wait_for_status(store, runs[0], {"running"}, 120)

@@ -39,8 +39,14 @@ def test_checkpoint_that_runs_code_is_refused(tmp_path):
 
 
 def _run(store: Store, owner: str) -> str:
-    return store.create_run(tiny_simclr(), name="owned", owner=owner, method="simclr",
-                            dataset="digits", backbone="small_resnet")
+    return store.create_run(
+        tiny_simclr(),
+        name="owned",
+        owner=owner,
+        method="simclr",
+        dataset="digits",
+        backbone="small_resnet",
+    )
 
 
 def test_only_owner_or_admin_may_cancel_or_delete(ssl_home):
