@@ -10,6 +10,7 @@ COPY pyproject.toml README.md ./
 COPY sslengine ./sslengine
 COPY tasks ./tasks
 COPY app ./app
+COPY .streamlit/config.toml ./.streamlit/config.toml
 RUN pip install --extra-index-url https://download.pytorch.org/whl/cpu -e '.[s3]'
 EXPOSE 8501
 HEALTHCHECK CMD python -c "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8501/_stcore/health')"

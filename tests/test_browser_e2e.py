@@ -212,3 +212,54 @@ def test_layers_and_embeddings_pages_draw(page, dashboard, evaluated_run):  # no
         timeout=60_000,
     )
     page.screenshot(path=str(OUT / "embeddings.png"), full_page=True)
+
+
+def test_concurrent_protocol_sessions_load_every_page(dashboard, evaluated_run):  # noqa: F811
+    """Three sessions at once (Streamlit's websocket protocol, as bench/queue_load.py drives
+    it) load every page of the served dashboard: each run of each page finishes, no page shows
+    an exception, and live fragments are re-run for the sessions on the Runs page."""
+    import asyncio
+
+    sys.path.insert(0, str(ROOT / "bench"))
+    from st_session import Session
+
+    pages = [
+        ("runs", ""),
+        ("launch", ""),
+        ("run", f"run={evaluated_run}"),
+        ("compare", f"runs={evaluated_run}"),
+        ("layers", f"run={evaluated_run}"),
+        ("clusters", f"run={evaluated_run}"),
+        ("retrieval", f"run={evaluated_run}"),
+        ("embeddings", f"run={evaluated_run}"),
+    ]
+
+    async def one(k: int) -> tuple[list[float], int]:
+        async with Session(dashboard) as session:
+            times = [await session.load(p, q, timeout=120) for p, q in pages[k:] + pages[:k]]
+            await session.load("runs")
+            await asyncio.sleep(7.0)  # the Runs page's table refreshes every 3 s
+            return times, session.fragment_runs
+
+    async def all_three():
+        return await asyncio.gather(*(one(k) for k in range(3)))
+
+    results = asyncio.run(all_three())
+    for times, fragment_runs in results:
+        assert len(times) == len(pages) and all(t > 0 for t in times)
+        assert fragment_runs >= 1
+
+
+def test_served_dashboard_skips_post_run_gc_and_source_watching():
+    """The repository's .streamlit/config.toml is what `streamlit run` from the root reads:
+    no full gc.collect() after each script run (~0.3 s of the server per page load with this
+    heap), no source watcher walking every imported module."""
+    code = (
+        "import streamlit.config as c; c.get_config_options(force_reparse=True); "
+        "print(c.get_option('runner.postScriptGC'), c.get_option('server.fileWatcherType'), "
+        "c.get_option('server.runOnSave'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["False", "none", "False"]
