@@ -217,12 +217,19 @@ class JigsawConfig(Section):
 
     n_permutations: int = Field(100, ge=2, le=362_880, description="at most 9! = 362880")
     tile_gap: int = Field(2, ge=0, description="pixels of jitter/gap so edges cannot be matched")
+    tile_norm: Literal["channel", "tile", "none"] = Field(
+        "channel",
+        description=(
+            "standardise each tile by its own mean/std: per channel (the paper's code), over "
+            "the whole tile (keeps its colour), or not at all"
+        ),
+    )
 
 
 class RelativePositionConfig(Section):
     """Doersch et al. 2015: 8-way position of a neighbour patch relative to the centre."""
 
-    patch_gap: int = Field(2, ge=0)
+    patch_gap: int = Field(2, ge=0, description="pixels between patches; 0 = patch / 2")
     color_drop: bool = True
 
 

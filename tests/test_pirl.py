@@ -7,10 +7,16 @@ With the paper's ``Z = 1`` the NCE's negative terms swamp the positive one and t
 
 from __future__ import annotations
 
+import datetime
 import math
+import os
+import socket
+from pathlib import Path
 
 import pytest
 import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
 import torch.nn.functional as F
 
 from sslengine.config import parse_config
@@ -53,6 +59,46 @@ def test_nce_log_normaliser_is_finite_at_tiny_temperature():
     got = nce_log_normaliser(v, m_neg, 0.005, dataset_size=10)
     # log(10 * (e^200 + e^0) / 2) = 200 + log 5 (+ e^-200)
     assert got.item() == pytest.approx(200 + math.log(5), rel=1e-6)
+
+
+def _normaliser_data():
+    g = torch.Generator().manual_seed(2)
+    # ranks' features deliberately different in scale of similarity (rank 1's near the bank)
+    m_neg = F.normalize(torch.randn(9, 6, generator=g, dtype=DT), dim=1)
+    v = torch.cat([torch.randn(4, 6, generator=g, dtype=DT), m_neg[:4] + 0.1])
+    return v, m_neg
+
+
+def _normaliser_worker(rank: int, port: int, out: str) -> None:
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"], os.environ["MASTER_PORT"] = "127.0.0.1", str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=2, timeout=datetime.timedelta(seconds=60))
+    try:
+        v, m_neg = _normaliser_data()
+        local = nce_log_normaliser(v[rank * 4 : (rank + 1) * 4], m_neg, 0.07, dataset_size=300)
+        both = [torch.empty_like(local) for _ in range(2)]
+        dist.all_gather(both, local)
+        if rank == 0:
+            torch.save(torch.stack(both), out)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_nce_log_normaliser_two_processes_equal_one(tmp_path):
+    """Each rank scores its half of the batch; the all-reduced Z is the whole batch's Z."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "z.pt"
+    mp.spawn(_normaliser_worker, args=(port, str(out)), nprocs=2, join=True)
+    ranks = torch.load(Path(out), weights_only=True)
+    v, m_neg = _normaliser_data()
+    single = nce_log_normaliser(v, m_neg, 0.07, dataset_size=300)
+    assert torch.equal(ranks[0], ranks[1])  # every rank holds the same Z
+    assert ranks[0].item() == pytest.approx(single.item(), rel=1e-6)
+    half = nce_log_normaliser(v[:4], m_neg, 0.07, dataset_size=300)
+    assert abs(half.item() - single.item()) > 0.1  # the halves really differ
 
 
 def test_estimated_z_balances_the_nce_terms():
@@ -136,14 +182,14 @@ def test_eval_forward_does_not_store_z(loss):
 
 
 def test_pirl_loss_decreases_on_a_tiny_dataset(tmp_path, ssl_home):
-    """The preset's loss (InfoNCE) trains: 100 digits, 5 steps an epoch, 40 steps.
+    """The preset's loss (InfoNCE) trains: 100 digits, 5 steps an epoch, 25 steps.
 
     The first epoch scores against the random initial bank (the loss rises while the bank fills
     with features), so the comparison is between epoch 2 (bank filled once) and the last epoch.
     """
     rec = Recorder()
-    pretrain(_pirl_cfg("infonce", epochs=8), tmp_path, reporter=rec)
+    pretrain(_pirl_cfg("infonce", epochs=5), tmp_path, reporter=rec)
     losses = [rec.rows[s]["loss"] for s in sorted(rec.rows) if "loss" in rec.rows[s]]
-    assert len(losses) == 40 and all(math.isfinite(x) for x in losses)
+    assert len(losses) == 25 and all(math.isfinite(x) for x in losses)
     epoch2, last = sum(losses[5:10]) / 5, sum(losses[-5:]) / 5
-    assert last < epoch2 - 0.3, losses
+    assert last < epoch2 - 1.0, losses  # measured: 6.6 -> 4.3

@@ -161,11 +161,17 @@ def max_hamming_permutations(n_perms: int, n_tiles: int = 9, seed: int = 0) -> T
     return torch.from_numpy(_max_hamming(n_perms, n_tiles, seed).copy())
 
 
-def _standardise_tiles(tiles: Tensor, eps: float) -> Tensor:
-    # Per tile and channel: zero mean, unit std, so a tile's brightness/contrast cannot tell
-    # its neighbours (Noroozi & Favaro Sec. 3.2 normalise each tile independently).
-    mean = tiles.mean(dim=(-2, -1), keepdim=True)
-    std = tiles.std(dim=(-2, -1), keepdim=True, unbiased=False)
+TILE_NORMS = ("channel", "tile", "none")
+
+
+def _standardise_tiles(tiles: Tensor, eps: float, mode: str = "channel") -> Tensor:
+    # Zero mean, unit std per tile, so a tile's brightness/contrast cannot tell its neighbours
+    # (Noroozi & Favaro Sec. 3.2 normalise each tile independently). "channel": per tile and
+    # channel, as their released code does (removes the tile's colour cast too); "tile": one
+    # mean and std over the tile's channels and pixels (keeps its colour).
+    dims = (-2, -1) if mode == "channel" else (-3, -2, -1)
+    mean = tiles.mean(dim=dims, keepdim=True)
+    std = tiles.std(dim=dims, keepdim=True, unbiased=False)
     return (tiles - mean) / std.clamp_min(eps)
 
 
@@ -177,7 +183,7 @@ def jigsaw_batch(
     grid: int = 3,
     tile_size: int | None = None,
     gap: int | None = None,
-    normalize_tiles: bool = True,
+    normalize_tiles: bool | str = True,
     eps: float = 1e-5,
 ) -> tuple[Tensor, Tensor]:
     """Cut each image into a grid x grid puzzle and shuffle it by a random permutation.
@@ -196,7 +202,9 @@ def jigsaw_batch(
         tile_size: tile side; default ``floor(cell * 64 / 75)`` as in the paper.
         gap: minimum pixels between tiles of adjacent cells; default half the slack
             ``(cell - tile_size) // 2``, leaving the other half as jitter.
-        normalize_tiles: standardise each tile per channel by its own mean and std.
+        normalize_tiles: standardise each tile by its own mean and std: ``"channel"`` (or
+            True) per channel, ``"tile"`` over all its channels at once (keeps its colour),
+            ``"none"`` (or False) not at all.
         eps: floor on the std (a constant tile becomes zeros).
 
     Returns:
@@ -235,8 +243,11 @@ def jigsaw_batch(
     labels = _randint(permutations.shape[0], (b,), generator, device)
     order = permutations.to(device=device, dtype=torch.long)[labels]  # (B, n)
     tiles = tiles[torch.arange(b, device=device)[:, None], order]
-    if normalize_tiles:
-        tiles = _standardise_tiles(tiles, eps)
+    mode = {True: "channel", False: "none"}.get(normalize_tiles, normalize_tiles)
+    if mode not in TILE_NORMS:
+        raise ValueError(f"normalize_tiles must be a bool or one of {TILE_NORMS}, got {mode!r}")
+    if mode != "none":
+        tiles = _standardise_tiles(tiles, eps, mode)
     return tiles, labels
 
 

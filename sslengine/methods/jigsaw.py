@@ -1,7 +1,13 @@
 """Jigsaw puzzles (Noroozi & Favaro 2016, "Unsupervised Learning of Visual Representations by
-Solving Jigsaw Puzzles"): 3x3 tiles with gaps and jitter, each normalised on its own, shuffled
-by one of P permutations chosen for maximal Hamming distance; a siamese trunk encodes each tile,
-a shared fc per tile, then the concatenation is classified into the permutation index."""
+Solving Jigsaw Puzzles"): 3x3 tiles with gaps and jitter, shuffled by one of P permutations
+chosen for maximal Hamming distance; a siamese trunk encodes each tile, a shared fc per tile,
+then the concatenation is classified into the permutation index.
+
+Each tile is standardised on its own per channel by default (``jigsaw.tile_norm``), as the
+paper's code does against low-level shortcuts; that also removes every tile's colour, and on
+small images, where colour is much of what a kNN on pooled features classifies by, it leaves
+the trunk worse than random init. The CPU preset therefore uses ``tile_norm: none`` and relies
+on the gaps and jitter alone (measurements in sslengine/presets.py and BENCHMARKS.md)."""
 
 from __future__ import annotations
 
@@ -51,6 +57,7 @@ class Jigsaw(PretextMethod):
             self.permutations.cpu(),
             generator=generator,
             gap=self.cfg.jigsaw.tile_gap,
+            normalize_tiles=self.cfg.jigsaw.tile_norm,
         )
         return [tiles, labels.to(tiles.device)]
 

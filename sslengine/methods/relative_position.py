@@ -1,7 +1,8 @@
 """Relative patch position (Doersch et al. 2015, "Unsupervised Visual Representation Learning
 by Context Prediction"): a centre patch and one of its 8 neighbours, separated by gaps and
-jittered, with colour dropping against chromatic aberration; both through the same trunk, the
-concatenated features classified into the 8 positions."""
+jittered, with colour dropping against chromatic aberration; both through the same trunk, a
+shared fc per patch (the paper's fc6), then the concatenation through fc7 and fc8 into the 8
+positions."""
 
 from __future__ import annotations
 
@@ -19,7 +20,8 @@ class RelativePosition(PretextMethod):
     def __init__(self, cfg, dataset_size, mean, std):
         super().__init__(cfg, dataset_size, mean, std)
         d = self.backbone.out_dim
-        self.head = nn.Sequential(nn.Linear(2 * d, 512), nn.ReLU(inplace=True), nn.Linear(512, 8))
+        self.per_patch = nn.Sequential(nn.Linear(d, 512), nn.ReLU(inplace=True))
+        self.head = nn.Sequential(nn.Linear(2 * 512, 512), nn.ReLU(inplace=True), nn.Linear(512, 8))
 
     def make_views(self, images: Tensor, generator: torch.Generator) -> list[Tensor]:
         x = self.light_view(images, generator)  # normalised float
@@ -36,7 +38,8 @@ class RelativePosition(PretextMethod):
         centre, neighbour, labels = views
         n = centre.shape[0]
         h = self.backbone(torch.cat([centre, neighbour]))
-        logits = self.head(torch.cat([h[:n], h[n:]], dim=1))
+        p = self.per_patch(h)
+        logits = self.head(torch.cat([p[:n], p[n:]], dim=1))
         loss = pretext_cross_entropy(logits, labels)
         acc = (logits.argmax(1) == labels).float().mean()
         return StepOutput(loss=loss, features=h[:n].detach(), metrics={"pretext_acc": acc})
