@@ -9,8 +9,10 @@ page-load latency while the queue drains, on one real `streamlit run` server:
   the Runs, Run (a random run of the batch), Launch and Compare pages in turn, 1 s apart;
   timed from the rerun request to the server's ``script_finished``. A browser per session
   would measure mostly 10 renderers competing for this machine's 2 cores.
-- 1 real chromium tab (Debian's, through Playwright) loads /runs and /run?run=... in turn,
-  timed from navigation start until the content is drawn (the runs table; the run's status).
+- 1 real chromium tab (Debian's, through Playwright): full loads of /runs and /run?run=...
+  (navigation start until the content is drawn: the runs table; the run's status) and, in
+  between, in-app navigation to Launch, Compare and Runs through the sidebar (click until the
+  new page's title is drawn), which is how a user moves between pages once the app is open.
 
 p50 / p95 over all loads of each kind; target p95 < 2 s.
 
@@ -111,7 +113,7 @@ def main() -> None:
         "eval": {"knn": False},
     }
     latencies: list[float] = []
-    browser_latencies: list[float] = []
+    browser_latencies: dict[str, list[float]] = {"full": [], "in-app": []}
     failures: list[str] = []
     stop = threading.Event()
     port = free_port()
@@ -133,25 +135,39 @@ def main() -> None:
                     await asyncio.sleep(args.think)
 
     async def browser_session(run_ids: list[str]) -> None:
-        """A real chromium tab: navigation start until the page's content is drawn."""
+        """A real chromium tab: full page loads (navigation start until the content is drawn)
+        and in-app navigation (a click in the sidebar until the new page's title is drawn)."""
         from playwright.async_api import async_playwright
 
         async with async_playwright() as p:
             browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
             context = await browser.new_context(viewport={"width": 1300, "height": 900})
             page = await context.new_page()
+            nav = page.get_by_test_id("stSidebarNav")
+
+            def title(text: str):
+                return page.get_by_role("heading", name=text, exact=True).first
+
             while not stop.is_set():
-                for path, ready in (
-                    ("/runs", page.get_by_test_id("stDataFrame").first),
-                    (f"/run?run={rng.choice(run_ids)}", page.get_by_test_id("stMetric").first),
-                ):
+                run_page = f"/run?run={rng.choice(run_ids)}"
+                steps = (
+                    ("full", "/runs", page.get_by_test_id("stDataFrame").first),
+                    ("in-app", "Launch", title("Launch a pretraining run")),
+                    ("in-app", "Compare", title("Compare runs")),
+                    ("in-app", "Runs", title("Runs")),
+                    ("full", run_page, page.get_by_test_id("stMetric").first),
+                )
+                for kind, target, ready in steps:
                     t0 = time.perf_counter()
                     try:
-                        await page.goto(base + path)
+                        if kind == "full":
+                            await page.goto(base + target)
+                        else:
+                            await nav.get_by_text(target, exact=True).click(timeout=60_000)
                         await ready.wait_for(timeout=60_000)
-                        browser_latencies.append(time.perf_counter() - t0)
+                        browser_latencies[kind].append(time.perf_counter() - t0)
                     except Exception as err:  # noqa: BLE001 - counted and reported
-                        failures.append(f"browser {path}: {err}"[:200])
+                        failures.append(f"browser {kind} {target}: {err}"[:200])
                     await asyncio.sleep(args.think)
             await browser.close()
 
@@ -200,7 +216,14 @@ def main() -> None:
         print(f"load average (1 min): {load_before:.1f} before, at most {max(loads):.1f} during")
         for label, values in (
             (f"{args.sessions} protocol sessions, server time to script_finished", latencies),
-            (f"{args.browsers} chromium tab(s), navigation to content drawn", browser_latencies),
+            (
+                f"{args.browsers} chromium tab(s), full load: navigation to content drawn",
+                browser_latencies["full"],
+            ),
+            (
+                f"{args.browsers} chromium tab(s), in-app: sidebar click to page title drawn",
+                browser_latencies["in-app"],
+            ),
         ):
             if not values:
                 print(f"page loads, {label}: none completed")
