@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from sslengine.data.datasets import ARCHIVE_SUFFIXES
+from sslengine.data.datasets import is_archive
 
 BUILT_IN_LABEL = "digits (built in)"
 
@@ -22,14 +22,10 @@ class DatasetChoice:
     root: str | None  # DatasetConfig.root, relative to its data root (portable across hosts)
 
 
-def _is_archive(path: Path) -> bool:
-    return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
-
-
 def _kind(path: Path) -> str:
     # Archives are read only by the CIFAR-10 loader; a folder is an ImageFolder tree unless
     # its name says CIFAR (the loader then also accepts the torchvision batch layout).
-    if _is_archive(path) or "cifar" in path.name.lower():
+    if is_archive(path) or "cifar" in path.name.lower():
         return "cifar10"
     return "imagefolder"
 
@@ -53,11 +49,11 @@ def dataset_choices(roots: Sequence[Path]) -> list[DatasetChoice]:
                 found.append(entry)
                 try:
                     found += sorted(
-                        p for p in entry.iterdir() if not p.name.startswith(".") and _is_archive(p)
+                        p for p in entry.iterdir() if not p.name.startswith(".") and is_archive(p)
                     )
                 except OSError:
                     pass
-            elif _is_archive(entry):
+            elif is_archive(entry):
                 found.append(entry)
             for path in found:
                 rel = path.relative_to(root).as_posix()

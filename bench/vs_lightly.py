@@ -10,7 +10,9 @@ jitter (0.4, 0.4, 0.4, 0.1) with p 0.8, grayscale 0.2, no blur (SimCLR drops it 
 
 - sslengine: `sslengine.train.loop.pretrain` as a user runs it (batched augmentation of the
   uint8 batch, online probe, LARS); images/s is the loop's own `throughput` metric over its
-  logging windows after step 1.
+  logging windows after step 1. Two contenders: the default `simclr.views_forward: joint`
+  (both views as one 2N batch, as SimCLR's code does) and `per_view` (one forward per view,
+  the same network work as lightly's loop).
 - lightly (the pattern of its SimCLR examples): `SimCLRTransform(input_size=32, cj_strength=0.5,
   gaussian_blur=0.0, ...)` applied per image to PIL images (a Dataset that turns each cached
   array into a PIL image, as torchvision's CIFAR10 does) in a torch `DataLoader` (shuffle,
@@ -160,14 +162,18 @@ def main() -> None:
         f"{args.rounds} rounds, lightly DataLoader num_workers in {args.workers}"
     )
 
-    contenders = ["sslengine"] + [f"lightly w{w}" for w in args.workers]
+    per_view = cfg.model_copy(
+        update={"simclr": cfg.simclr.model_copy(update={"views_forward": "per_view"})}
+    )
+    ours = {"sslengine": cfg, "sslengine per-view": per_view}
+    contenders = [*ours, *(f"lightly w{w}" for w in args.workers)]
     ips: dict[str, list[float]] = {c: [] for c in contenders}
     for r in range(args.rounds):
         order = contenders[r % len(contenders) :] + contenders[: r % len(contenders)]
         got: dict[str, float] = {}
         for who in order:
-            if who == "sslengine":
-                got[who] = loop_images_per_s(cfg, home / f"ckpt{r}")
+            if who in ours:
+                got[who] = loop_images_per_s(ours[who], home / f"ckpt{r}-{who.replace(' ', '-')}")
             else:
                 got[who] = lightly_side.images_per_s(args.steps, int(who.removeprefix("lightly w")))
         for c in contenders:
@@ -178,12 +184,12 @@ def main() -> None:
             + f" (load {load_average():.1f})"
         )
     for c in contenders:
-        print(f"{c:<12s} images/s: {spread(ips[c])}")
-    for c in contenders[1:]:
-        per_round = [a / b for a, b in zip(ips["sslengine"], ips[c], strict=True)]
+        print(f"{c:<18s} images/s: {spread(ips[c])}")
+    for mine, c in ((m, c) for m in ours for c in contenders[len(ours) :]):
+        per_round = [a / b for a, b in zip(ips[mine], ips[c], strict=True)]
         ratio = median(per_round)
         print(
-            f"RATIO sslengine / {c} (median of {args.rounds} rounds): {ratio:.2f}x  "
+            f"RATIO {mine} / {c} (median of {args.rounds} rounds): {ratio:.2f}x  "
             f"[range {min(per_round):.2f}-{max(per_round):.2f}; target >= {TARGET}: "
             f"{'met' if ratio >= TARGET else 'NOT met'}]"
         )

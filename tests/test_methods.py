@@ -94,3 +94,37 @@ def test_method_state_lives_in_the_checkpoint(tmp_path, ssl_home):
 def test_bad_method_settings_are_refused(overrides, field):
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         parse_config(overrides)
+
+
+def test_simclr_per_view_forward_is_batchnorm_per_view():
+    """simclr.views_forward: "per_view" runs each view as its own batch. With BatchNorm using
+    running statistics (eval) it is the joint forward exactly; in training it equals scoring
+    z1, z2 computed view by view by hand, and differs from the joint forward (BN statistics of
+    one view, not of both)."""
+    from sslengine.losses import nt_xent
+    from sslengine.methods import build_method
+
+    torch.manual_seed(0)
+    joint = build_method(parse_config(tiny("simclr")), 100, (0.5,) * 3, (0.25,) * 3)
+    per_view = build_method(
+        parse_config({**tiny("simclr"), "simclr": {"views_forward": "per_view"}}),
+        100,
+        (0.5,) * 3,
+        (0.25,) * 3,
+    )
+    per_view.load_state_dict(joint.state_dict())
+    g = torch.Generator().manual_seed(1)
+    views = [torch.randn(8, 3, 16, 16, generator=g), torch.randn(8, 3, 16, 16, generator=g) + 1]
+    idx = torch.arange(8)
+
+    joint.eval(), per_view.eval()
+    with torch.no_grad():
+        assert torch.allclose(per_view(views, idx).loss, joint(views, idx).loss, atol=1e-6)
+
+    joint.train(), per_view.train()
+    with torch.no_grad():
+        got = per_view(views, idx).loss
+        z1, z2 = (per_view.projector(per_view.backbone(v)) for v in views)
+        by_hand = nt_xent(z1, z2, temperature=0.5)
+        assert torch.allclose(got, by_hand, atol=1e-6)
+        assert abs(got.item() - joint(views, idx).loss.item()) > 1e-3

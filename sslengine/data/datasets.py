@@ -55,6 +55,7 @@ from PIL import Image, ImageOps
 from sslengine.data.paths import is_within, resolve_within_roots
 
 __all__ = [
+    "ARCHIVE_SUFFIXES",
     "CIFAR10_CLASSES",
     "DatasetError",
     "IMAGE_EXTENSIONS",
@@ -62,6 +63,7 @@ __all__ = [
     "KNOWN_DATASETS",
     "dataset_info",
     "decode_image",
+    "is_archive",
     "load_dataset",
 ]
 
@@ -479,7 +481,8 @@ def _info(per_split: dict[str, int], classes: list[str], source: str) -> dict:
     }
 
 
-def _is_archive(path: Path) -> bool:
+def is_archive(path: Path) -> bool:
+    """A file the CIFAR-10 loader reads as a tar archive (by its suffix)."""
     return path.is_file() and path.name.lower().endswith(ARCHIVE_SUFFIXES)
 
 
@@ -544,7 +547,7 @@ def _load_digits(
 def _cifar10_layout(path: Path) -> tuple[str, Path]:
     """("torchvision", root) | ("imagefolder", root) | ("archive", file)."""
     if path.is_file():
-        if _is_archive(path):
+        if is_archive(path):
             return "archive", path
         raise DatasetError(f"dataset 'cifar10': '{path}' is a file but not a .tar/.tar.gz archive")
     if path.name == "cifar-10-batches-py":
@@ -553,7 +556,7 @@ def _cifar10_layout(path: Path) -> tuple[str, Path]:
         return "torchvision", path
     if (path / "train").is_dir() or (path / "test").is_dir():
         return "imagefolder", path
-    archives = sorted(p for p in path.iterdir() if _is_archive(p))
+    archives = sorted(p for p in path.iterdir() if is_archive(p))
     if len(archives) > 1:  # several: prefer the one that says what it is
         named = [p for p in archives if "cifar" in p.name.lower()]
         archives = named if len(named) == 1 else archives

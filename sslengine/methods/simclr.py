@@ -24,8 +24,13 @@ class SimCLR(Method):
 
     def forward(self, views: list[Tensor], indices: Tensor) -> StepOutput:
         n = views[0].shape[0]
-        h = self.backbone(torch.cat(views, dim=0))
-        z = self.projector(h)
+        if self.cfg.simclr.views_forward == "joint":
+            h = self.backbone(torch.cat(views, dim=0))
+            z = self.projector(h)
+        else:  # per view: BatchNorm statistics of each view's batch (simclr.views_forward)
+            hs = [self.backbone(v) for v in views]
+            h = torch.cat(hs)
+            z = torch.cat([self.projector(x) for x in hs])
         z1, z2 = z[:n], z[n:]
         loss = nt_xent(z1, z2, temperature=self.cfg.simclr.temperature)
         return StepOutput(loss=loss, features=h[:n].detach(), embeddings=(z1.detach(), z2.detach()))
