@@ -123,15 +123,15 @@ _CPU_SUBSET: dict[str, dict[str, Any]] = {
     ),
     # PIRL's tau 0.07, bank momentum 0.5, 0.5/0.5 loss mix; 512 negatives (paper 32,000).
     # InfoNCE against the bank (pirl.loss): the paper's NCE, even with Wu et al.'s estimated Z,
-    # diverges in a run this short (loss 7.9 -> 465, kNN -3.1 at 300 steps). 20 epochs: the
+    # diverges in a run this short (loss 7.9 -> 465, kNN -3.1 at 300 steps). 30 epochs: the
     # bank holds each image's feature from its last visit, so it needs several passes (10
-    # epochs gained +1.6/-1.3, 20 epochs +6.9/+5.2, seeds 0/1, in-process; through the queue
-    # +6.4/+5.2/+2.1, seeds 0/1/2: short of the +3 margin on seed 2).
+    # epochs gained +1.6/-1.3, 20 epochs +6.4/+5.2/+2.1 through the queue, 30 epochs
+    # +9.4/+6.3/+6.9 in-process with 2 threads, seeds 0/1/2; ~100 s on an idle 2-core CPU).
     "PIRL": _cpu_subset(
         "pirl",
         32,
         128,
-        20,
+        30,
         pirl={
             "temperature": 0.07,
             "n_negatives": 512,
