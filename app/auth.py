@@ -87,10 +87,13 @@ def login_gate() -> User | None:
             with st.sidebar:
                 st.caption(f"Signed in as **{user.name}** ({user.role})")
                 if st.button("Log out", key="auth_logout"):
-                    if _secrets_section("auth"):
-                        st.logout()
                     st.session_state.pop("auth_user", None)
-                    st.rerun()
+                    if _secrets_section("auth"):
+                        # redirects the browser (via the provider's end-session page when it
+                        # has one); an st.rerun() here would drop that redirect (Streamlit 1.67)
+                        st.logout()
+                    else:
+                        st.rerun()
         return user
     with st.sidebar:
         st.subheader("Sign in")

@@ -219,6 +219,7 @@ def test_concurrent_protocol_sessions_load_every_page(dashboard, evaluated_run):
     it) load every page of the served dashboard: each run of each page finishes, no page shows
     an exception, and live fragments are re-run for the sessions on the Runs page."""
     import asyncio
+    import concurrent.futures
 
     sys.path.insert(0, str(ROOT / "bench"))
     from st_session import Session
@@ -244,7 +245,10 @@ def test_concurrent_protocol_sessions_load_every_page(dashboard, evaluated_run):
     async def all_three():
         return await asyncio.gather(*(one(k) for k in range(3)))
 
-    results = asyncio.run(all_three())
+    # a thread of its own: the sync Playwright fixtures of this module keep an event loop
+    # running on the main thread, where asyncio.run() refuses to start another
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        results = pool.submit(asyncio.run, all_three()).result()
     for times, fragment_runs in results:
         assert len(times) == len(pages) and all(t > 0 for t in times)
         assert fragment_runs >= 1
