@@ -63,26 +63,23 @@ def ensure_redis(url: str | None = None) -> subprocess.Popen | None:
         )
     data = var_dir() / "redis"
     data.mkdir(parents=True, exist_ok=True)
-    port = str(parsed.port or 6379)
+    return start_redis_server(
+        exe, parsed.port or 6379, data, "--maxmemory-policy", "noeviction", log=data / "redis.log"
+    )
+
+
+def start_redis_server(
+    exe: str, port: int, data: Path, *options: str, log: Path | None = None
+) -> subprocess.Popen:
+    """`redis-server` on 127.0.0.1:`port` with an append-only file in `data` (no RDB
+    snapshots) and any further `options`; returns once it answers a PING."""
     proc = subprocess.Popen(
-        [
-            exe,
-            "--port",
-            port,
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--save",
-            "",
-            "--maxmemory-policy",
-            "noeviction",
-        ],
-        stdout=open(data / "redis.log", "ab"),
+        [exe, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data)]
+        + ["--appendonly", "yes", "--save", "", *options],
+        stdout=open(log, "ab") if log else subprocess.DEVNULL,
         stderr=subprocess.STDOUT,
     )
+    url = f"redis://127.0.0.1:{port}/0"
     for _ in range(100):
         if redis_reachable(url, 0.2):
             return proc

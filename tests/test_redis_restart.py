@@ -13,7 +13,7 @@ from celery import Celery
 
 from services_fixtures import start_worker_process, stop_process_group, tiny_simclr, wait_for_status
 from sslengine.config import parse_config
-from sslengine.services import redis_reachable, redis_server_binary
+from sslengine.services import redis_server_binary, start_redis_server
 from sslengine.store import Store
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -26,30 +26,8 @@ def _free_port() -> int:
 
 
 def _start_redis(port: int, data) -> subprocess.Popen:
-    proc = subprocess.Popen(
-        [
-            redis_server_binary(),
-            "--port",
-            str(port),
-            "--bind",
-            "127.0.0.1",
-            "--dir",
-            str(data),
-            "--appendonly",
-            "yes",
-            "--appendfsync",
-            "always",
-            "--save",
-            "",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    for _ in range(100):
-        if redis_reachable(f"redis://127.0.0.1:{port}/0", 0.2):
-            return proc
-        time.sleep(0.1)
-    raise RuntimeError("redis did not start")
+    # every write fsync'd to the AOF, so a restart finds exactly what was queued
+    return start_redis_server(redis_server_binary(), port, data, "--appendfsync", "always")
 
 
 def test_worker_survives_redis_restart_and_queued_run_is_kept(ssl_home, tmp_path, monkeypatch):
