@@ -89,7 +89,7 @@ class LightlySimCLR:
             cj_hue=2 * v.hue,
             min_scale=v.crop_scale_min,
             random_gray_scale=v.grayscale_p,
-            gaussian_blur=v.blur_p,
+            gaussian_blur=v.blur_p_for(32),
             hf_prob=v.hflip_p,
             normalize={"mean": list(mean), "std": list(std)},
         )

@@ -58,6 +58,10 @@ class DatasetConfig(Section):
         return self
 
 
+# Images at least this large get Gaussian blur when views.blur_p is left empty (auto).
+BLUR_AUTO_MIN_SIZE = 64
+
+
 class ViewsConfig(Section):
     """SimCLR augmentation pipeline (Chen et al. 2020, Appendix A), CIFAR-scale defaults."""
 
@@ -70,8 +74,24 @@ class ViewsConfig(Section):
     saturation: float = Field(0.4, ge=0.0, le=1.0)
     hue: float = Field(0.1, ge=0.0, le=0.5)
     grayscale_p: float = Field(0.2, ge=0.0, le=1.0)
-    blur_p: float = Field(0.0, ge=0.0, le=1.0, description="SimCLR drops blur on CIFAR")
+    blur_p: float | None = Field(
+        None,
+        ge=0.0,
+        le=1.0,
+        description=(
+            "Gaussian blur probability; empty = auto: 0.5 (the paper's ImageNet value) for "
+            "images of 64 px and more, 0 below (SimCLR drops blur on CIFAR)"
+        ),
+    )
     solarize_p: float = Field(0.0, ge=0.0, le=1.0)
+
+    def blur_p_for(self, image_size: int) -> float:
+        """`blur_p`, or where it is left empty, the SimCLR paper's choice for this image size:
+        blur on ImageNet-scale images (p=0.5), none on CIFAR-scale ones (Chen et al. 2020,
+        Appendix B.9)."""
+        if self.blur_p is not None:
+            return self.blur_p
+        return 0.5 if image_size >= BLUR_AUTO_MIN_SIZE else 0.0
 
     @model_validator(mode="after")
     def _scale_order(self) -> ViewsConfig:

@@ -106,3 +106,23 @@ def test_parse_never_crashes_only_refuses(train):
 def test_yaml_export_is_plain_data():
     text = ExperimentConfig().to_yaml()
     assert isinstance(yaml.safe_load(text), dict)
+
+
+def test_blur_is_auto_by_image_size_unless_set() -> None:
+    """SimCLR's pipeline: blur p=0.5 at ImageNet scale, none at CIFAR scale; an explicit value
+    wins, and the views a method draws use the resolved value."""
+    from sslengine.methods import build_method
+
+    def views_of(**sections):
+        cfg = parse_config({"method": "simclr", **sections})
+        method = build_method(cfg, 10, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
+        return cfg.views, method.view_config()
+
+    views, vc = views_of(dataset={"name": "digits", "image_size": 32})
+    assert views.blur_p is None and vc.blur_p == 0.0
+    views, vc = views_of(dataset={"name": "digits", "image_size": 96})
+    assert views.blur_p is None and vc.blur_p == 0.5
+    views, vc = views_of(dataset={"name": "digits", "image_size": 96}, views={"blur_p": 0.1})
+    assert vc.blur_p == 0.1
+    views, vc = views_of(dataset={"name": "digits", "image_size": 32}, views={"blur_p": 1.0})
+    assert vc.blur_p == 1.0

@@ -82,7 +82,7 @@ class Method(nn.Module):
             saturation=v.saturation,
             hue=v.hue,
             grayscale_p=v.grayscale_p,
-            blur_p=v.blur_p,
+            blur_p=v.blur_p_for(self.cfg.dataset.image_size),
             solarize_p=v.solarize_p,
             mean=self.mean,
             std=self.std,
