@@ -171,6 +171,14 @@ class EvalConfig(Section):
     knn_k: list[int] = Field(default_factory=lambda: [20, 200])
     knn_temperature: float = Field(0.07, gt=0.0, le=10.0)
     knn_max_train: int | None = Field(None, ge=1, description="subsample the kNN memory")
+    knn_tap: Literal["conv1", "layer1", "layer2", "layer3", "layer4", "pooled"] = Field(
+        "pooled",
+        description=(
+            "backbone tap the end-of-run kNN reads (globally average-pooled). Pretext-task "
+            "features are most general before the last stage, which specialises to the "
+            "pretext (Goyal et al. 2019: jigsaw peaks at res4 = layer3)"
+        ),
+    )
 
     @field_validator("knn_k")
     @classmethod

@@ -31,6 +31,7 @@ from sslengine.eval.features import (
     gather_by_index,
     shard_indices,
 )
+from sslengine.eval.knn import knn_classify
 from sslengine.eval.runner import knn_eval
 from sslengine.models.backbones import build_backbone
 
@@ -62,8 +63,10 @@ def make_backbone(state: dict[str, torch.Tensor] | None = None):
     return backbone
 
 
-def knn_cfg():
-    return parse_config({"seed": 0, "eval": {"knn_k": [1, 3, 20], "knn_temperature": 0.1}})
+def knn_cfg(tap: str = "pooled"):
+    return parse_config(
+        {"seed": 0, "eval": {"knn_k": [1, 3, 20], "knn_temperature": 0.1, "knn_tap": tap}}
+    )
 
 
 def compute(backbone, train: ImageArrayDataset, test: ImageArrayDataset) -> dict[str, Any]:
@@ -100,6 +103,9 @@ def compute(backbone, train: ImageArrayDataset, test: ImageArrayDataset) -> dict
     out["features"] = {k: torch.from_numpy(v) for k, v in feats.items()}
     out["tiny"] = {k: torch.from_numpy(v) for k, v in tiny.items()}
     out["knn"] = knn_eval(backbone, train, test, knn_cfg(), MEAN, STD, torch.device("cpu"))
+    out["knn_layer2"] = knn_eval(
+        backbone, train, test, knn_cfg("layer2"), MEAN, STD, torch.device("cpu")
+    )
     return out
 
 
@@ -189,6 +195,8 @@ def test_two_process_knn_equals_one_process(results):
     assert set(single["knn"]) == {"knn_top1_k1", "knn_top1_k3", "knn_top1_k20"}
     assert rank0["knn"] == single["knn"]
     assert rank1["knn"] == single["knn"]
+    # eval.knn_tap: the same on another tap
+    assert rank0["knn_layer2"] == single["knn_layer2"] == rank1["knn_layer2"]
     # neither all right nor all wrong: a misplaced row or label would change the numbers
     assert all(0.0 < acc < 1.0 for acc in single["knn"].values()), single["knn"]
 
@@ -232,3 +240,23 @@ def test_extract_features_of_given_indices_are_those_rows():
         extract_features(backbone, images, MEAN, STD, indices=[9])
     with pytest.raises(ValueError, match="no images"):
         extract_features(backbone, images, MEAN, STD, indices=[])
+
+
+def test_knn_eval_reads_the_configured_tap():
+    """eval.knn_tap picks the features: equal to knn_classify on that tap's pooled features,
+    and a different number from the pooled output's on these images."""
+    train, test = make_split(N_TRAIN, 1), make_split(N_TEST, 2)
+    backbone = make_backbone()
+    got = knn_eval(backbone, train, test, knn_cfg("layer2"), MEAN, STD, torch.device("cpu"))
+    f_train = extract_features(backbone, train.images, MEAN, STD, ("layer2",))["layer2"]
+    f_test = extract_features(backbone, test.images, MEAN, STD, ("layer2",))["layer2"]
+    want = knn_classify(
+        torch.from_numpy(f_train),
+        torch.from_numpy(train.labels),
+        torch.from_numpy(f_test),
+        torch.from_numpy(test.labels),
+        ks=(1, 3, 20),
+        temperature=0.1,
+        num_classes=len(CLASSES),
+    )
+    assert got == want

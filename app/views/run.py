@@ -74,7 +74,12 @@ def live() -> None:
     c3.metric("ETA", format_eta(r.eta_seconds) if r.status == "running" else "—")
     last = s.last_metrics(run_id, (*CHARTED, *SHOWN))
     last_knn = last.get("knn_top1_k20")
-    c4.metric("kNN top-1 (k=20)", f"{last_knn[1] * 100:.1f}%" if last_knn else "—")
+    knn_tap = ((run.config or {}).get("eval") or {}).get("knn_tap", "pooled")
+    c4.metric(
+        "kNN top-1 (k=20)" if knn_tap == "pooled" else f"kNN top-1 (k=20, {knn_tap})",
+        f"{last_knn[1] * 100:.1f}%" if last_knn else "—",
+        help=f"end-of-run weighted kNN on the backbone's {knn_tap} features (eval.knn_tap)",
+    )
     st.progress(
         min(1.0, max(0.0, r.progress or 0.0)), text=f"{(r.progress or 0) * 100:.1f}% · {r.status}"
     )

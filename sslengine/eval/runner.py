@@ -36,7 +36,8 @@ def knn_eval(
     std,
     device: torch.device,
 ) -> dict[str, float]:
-    """Weighted kNN (T=cfg.eval.knn_temperature) on pooled features, test split vs train.
+    """Weighted kNN (T=cfg.eval.knn_temperature) on the features at `cfg.eval.knn_tap`
+    (default the pooled output; a 4-D tap is globally average-pooled), test split vs train.
 
     In a process group every rank must call it, and the ranks share the work: the memory
     (train features) is extracted shard by shard and all-gathered in dataset order, each rank
@@ -51,8 +52,9 @@ def knn_eval(
         train = train.subset(np.sort(rng.choice(len(train), cfg.eval.knn_max_train, replace=False)))
     if is_dist():
         return _knn_eval_distributed(backbone, train, test, cfg, mean, std, device)
-    f_train = extract_features(backbone, train.images, mean, std, device=device)["pooled"]
-    f_test = extract_features(backbone, test.images, mean, std, device=device)["pooled"]
+    tap = cfg.eval.knn_tap
+    f_train = extract_features(backbone, train.images, mean, std, (tap,), device=device)[tap]
+    f_test = extract_features(backbone, test.images, mean, std, (tap,), device=device)[tap]
     return knn_classify(
         torch.from_numpy(f_train),
         torch.from_numpy(np.asarray(train.labels)),
@@ -75,16 +77,19 @@ def _knn_eval_distributed(
 ) -> dict[str, float]:
     if len(test) == 0:
         raise ValueError("no test points to classify")
-    f_train = extract_features_distributed(backbone, train.images, mean, std, device=device)
+    tap = cfg.eval.knn_tap
+    f_train = extract_features_distributed(backbone, train.images, mean, std, (tap,), device=device)
     mine = shard_indices(len(test), dist.get_rank(), dist.get_world_size())
     ks = tuple(cfg.eval.knn_k)
     correct = torch.zeros(len(ks), dtype=torch.int64)
     if mine.size:
-        f_test = extract_features(backbone, test.images, mean, std, device=device, indices=mine)
+        f_test = extract_features(
+            backbone, test.images, mean, std, (tap,), device=device, indices=mine
+        )
         preds = knn_predict(
-            torch.from_numpy(f_train["pooled"]),
+            torch.from_numpy(f_train[tap]),
             torch.from_numpy(np.asarray(train.labels)),
-            torch.from_numpy(f_test["pooled"]),
+            torch.from_numpy(f_test[tap]),
             ks=ks,
             temperature=cfg.eval.knn_temperature,
             num_classes=len(train.classes),
