@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 from streamlit.testing.v1 import AppTest
+from streamlit.testing.v1.element_tree import Error as ErrorElement
 
 from sslengine.store import Store
 
@@ -331,6 +332,119 @@ def test_launch_page_refuses_invalid_config_without_queueing(ssl_home, redis_url
     assert any(
         "train.batch_size" in str(e.value) or "greater than" in str(e.value) for e in at.error
     )
+    assert len(store.list_runs()) == before
+
+
+def _in_order(at: AppTest) -> list:
+    """Every element and block of the page, in the order it is drawn."""
+    out: list = []
+
+    def walk(node) -> None:
+        for child in getattr(node, "children", {}).values():
+            out.append(child)
+            walk(child)
+
+    walk(at._tree)
+    return out
+
+
+def _error_under(at: AppTest, key: str) -> str:
+    """The text of the st.error drawn right under the widget ``key`` ('' when there is none)."""
+    nodes = _in_order(at)
+    i = next(i for i, n in enumerate(nodes) if getattr(n, "key", None) == key)
+    below = nodes[i + 1] if i + 1 < len(nodes) else None
+    return str(below.value) if isinstance(below, ErrorElement) else ""
+
+
+def _errors_above_form(at: AppTest) -> str:
+    """The st.error texts drawn before the form's first widget (the method selectbox)."""
+    nodes = _in_order(at)
+    first = next(i for i, n in enumerate(nodes) if getattr(n, "key", None) == "cfg.method")
+    return _texts(n for n in nodes[:first] if isinstance(n, ErrorElement))
+
+
+def _launch_with(at: AppTest, **text_inputs: str) -> None:
+    at.run()
+    assert not at.exception
+    for key, value in text_inputs.items():
+        at.text_input(key=key).set_value(value)
+    at.button(key="launch").click()
+    at.run()
+    assert not at.exception
+
+
+def test_launch_page_union_error_is_one_message_under_its_field(
+    ssl_home, redis_url, celery_queue_env
+):
+    """train.devices is 'auto' | int: pydantic reports train.devices.int and
+    train.devices.literal['auto']; both become one message under the devices box."""
+    store = Store.default()
+    before = len(store.list_runs())
+    at = _page("launch")
+    _launch_with(at, **{"cfg.train.devices": "many"})
+    under = _error_under(at, "cfg.train.devices")
+    assert "train.devices" in under and "expected 'auto' or an integer" in under, under
+    assert "literal[" not in _texts(at.error) and "devices.int" not in _texts(at.error)
+    assert "train.devices" in _texts(at.error[-1:])  # and named next to the Launch button
+    assert not at.success
+    assert len(store.list_runs()) == before
+
+
+def test_launch_page_bad_list_item_is_shown_under_its_field(ssl_home, redis_url, celery_queue_env):
+    """A bad item of eval.knn_k is reported by pydantic as eval.knn_k.1 (the second item)."""
+    store = Store.default()
+    before = len(store.list_runs())
+    at = _page("launch")
+    _launch_with(at, **{"cfg.eval.knn_k": "[20, a]"})
+    under = _error_under(at, "cfg.eval.knn_k")
+    assert "eval.knn_k" in under and "item 2: expected an integer" in under, under
+    assert "knn_k.1" not in _texts(at.error)
+    assert not at.success
+    assert len(store.list_runs()) == before
+
+
+def test_launch_page_whole_config_error_is_shown_above_the_form(
+    ssl_home, redis_url, celery_queue_env
+):
+    store = Store.default()
+    before = len(store.list_runs())
+    at = _page("launch")
+    at.run()
+    at.number_input(key="cfg.train.batch_size").set_value(30)
+    _launch_with(at, **{"cfg.train.devices": "4"})
+    assert "not divisible by train.devices" in _errors_above_form(at)
+    assert not at.success
+    assert len(store.list_runs()) == before
+
+
+def test_launch_page_error_without_a_widget_is_never_dropped(
+    ssl_home, redis_url, celery_queue_env, monkeypatch
+):
+    """Errors no drawn widget owns (an unknown path, a method section not shown) go to a
+    visible block at the top of the form; one below a section goes under that section."""
+    import sslengine.config
+
+    real = sslengine.config.config_errors
+
+    def with_extra(data: dict) -> dict[str, str]:
+        return {
+            **real(data),
+            "mystery.deep.path": "a problem with no widget",
+            "moco.queue_size": "a problem in a section not drawn",
+            "train.devices_x": "a key below train, not below train.devices",
+        }
+
+    monkeypatch.setattr(sslengine.config, "config_errors", with_extra)
+    store = Store.default()
+    before = len(store.list_runs())
+    at = _page("launch")
+    _launch_with(at)
+    top = _errors_above_form(at)
+    assert "mystery.deep.path" in top and "a problem with no widget" in top, top
+    assert "moco.queue_size" in top and "a problem in a section not drawn" in top, top
+    assert _error_under(at, "cfg.train.devices") == ""
+    assert "train.devices_x" in _texts(at.error) and "train.devices_x" not in top
+    assert not at.success
     assert len(store.list_runs()) == before
 
 

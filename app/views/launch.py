@@ -8,7 +8,7 @@ import yaml
 
 from app.auth import current_user, require_launch
 from app.dataset_choices import BUILT_IN_LABEL, dataset_choices
-from app.forms import config_form
+from app.forms import config_form, error_owner, form_paths
 from app.state import link_to_run, store
 from sslengine.config import ExperimentConfig, config_errors, parse_config
 from sslengine.data.paths import dataset_roots
@@ -139,8 +139,9 @@ with dataset_box:
         )
 
 notes = st.text_area("Notes", key="notes", help="free text, shown on the run's page")
-if "" in errors:
-    st.error(errors[""])
+if errors:  # each is shown in full above (under its field, or at the top of the form)
+    where = dict.fromkeys(error_owner(loc, form_paths()) or loc or "config" for loc in errors)
+    st.error(f"Not launched: fix {', '.join(f'`{w}`' for w in where)} in the form above.")
 
 user = current_user()
 allowed = require_launch(user)  # says why not (sign in / read-only) before anyone clicks
