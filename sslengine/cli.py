@@ -202,28 +202,41 @@ def up(
     port: int = typer.Option(8501, help="dashboard port"), address: str = typer.Option("127.0.0.1")
 ) -> None:
     """Redis (embedded if none answers), migrations, one worker and the dashboard; Ctrl-C stops."""
+    import signal
+
     from sslengine.services import ensure_redis, start_app, start_worker, stop_all
     from sslengine.settings import redis_url
 
+    def interrupt(signum, frame):  # SIGTERM / SIGHUP (docker stop, kill, a closed terminal)
+        raise KeyboardInterrupt
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, interrupt)
+    # A shell that starts `up` in the background leaves SIGINT ignored: Ctrl-C must still stop.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     procs = []
     try:
-        redis_proc = ensure_redis()
-    except RuntimeError as err:
-        _fail(str(err))
-    if redis_proc is not None:
-        procs.append(redis_proc)
-        typer.echo(f"started an embedded Redis at {redis_url()}")
-    _store()
-    procs.append(start_worker())
-    procs.append(start_app(port, address))
-    typer.secho(f"dashboard: http://{address}:{port}", fg=typer.colors.GREEN)
-    try:
+        try:
+            redis_proc = ensure_redis()
+        except RuntimeError as err:
+            _fail(str(err))
+        if redis_proc is not None:
+            procs.append(redis_proc)
+            typer.echo(f"started an embedded Redis at {redis_url()}")
+        _store()
+        procs.append(start_worker())
+        procs.append(start_app(port, address))
+        typer.secho(f"dashboard: http://{address}:{port}", fg=typer.colors.GREEN)
         while all(p.poll() is None for p in procs):
             time.sleep(1)
         typer.echo("a service exited; stopping the others")
     except KeyboardInterrupt:
         typer.echo("stopping")
     finally:
+        # whatever started so far (also when start-up itself was interrupted or failed); a
+        # second Ctrl-C or SIGTERM while stopping must not leave the rest running
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         stop_all(procs[::-1])
 
 

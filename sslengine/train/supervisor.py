@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,54 @@ def group_alive(pgid: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+@dataclass
+class GroupStop:
+    """Cancel escalation for a process group, one `step()` per poll: once `request()`ed, the
+    group gets `grace_s` to exit on its own, then SIGTERM, then SIGKILL `kill_after_s` later.
+    `step()` never blocks, so the supervisor keeps heartbeating while the group winds down. The
+    times (of `clock`) of the request and of each signal sent are kept."""
+
+    pgid: int
+    grace_s: float
+    kill_after_s: float
+    clock: Callable[[], float] = time.monotonic
+    requested_at: float | None = None
+    termed_at: float | None = None
+    killed_at: float | None = None
+
+    def request(self) -> None:
+        if self.requested_at is None:
+            self.requested_at = self.clock()
+
+    def step(self) -> None:
+        if self.requested_at is None or self.killed_at is not None:
+            return
+        now = self.clock()
+        if self.termed_at is None:
+            if now - self.requested_at > self.grace_s:
+                kill_group(self.pgid, signal.SIGTERM)
+                self.termed_at = now
+        elif now - self.termed_at > self.kill_after_s:
+            kill_group(self.pgid, signal.SIGKILL)
+            self.killed_at = now
+
+
+def wait_group(
+    proc: subprocess.Popen,
+    stop: GroupStop,
+    poll_s: float,
+    tick: Callable[[], None] = lambda: None,
+) -> int:
+    """Wait for `proc`, the leader of process group `stop.pgid`, to exit: every `poll_s`, run
+    `tick()` (heartbeats; it calls `stop.request()` when a cancel is seen) and let `stop` send
+    what is due. Returns the leader's exit code."""
+    while proc.poll() is None:
+        time.sleep(poll_s)
+        tick()
+        stop.step()
+    return proc.returncode
 
 
 def train_niceness() -> int:
@@ -162,27 +211,21 @@ def supervise_run(
         )
     pgid = proc.pid
     sync = ArtifactSync(run_id).start()
-    cancel_seen_at: float | None = None
-    termed_at: float | None = None
+    stop = GroupStop(pgid, grace_s, kill_after_s)
+
+    def tick() -> None:
+        try:
+            # the supervisor's heartbeat says "this worker is alive"; the watchdog marks
+            # a run lost when it stops (see sslengine.train.watchdog)
+            store.acquire_lease(run_id, worker_id, lease_ttl_s)
+            store.heartbeat(run_id, socket.gethostname())
+            if stop.requested_at is None and store.cancel_requested(run_id):
+                stop.request()
+        except Exception as err:  # noqa: BLE001 - a blip in the store must not kill the run
+            log.warning("store unavailable while supervising %s: %s", run_id, err)
+
     try:
-        while proc.poll() is None:
-            time.sleep(poll_s)
-            try:
-                # the supervisor's heartbeat says "this worker is alive"; the watchdog marks
-                # a run lost when it stops (see sslengine.train.watchdog)
-                store.acquire_lease(run_id, worker_id, lease_ttl_s)
-                store.heartbeat(run_id, socket.gethostname())
-                if cancel_seen_at is None and store.cancel_requested(run_id):
-                    cancel_seen_at = time.monotonic()
-            except Exception as err:  # noqa: BLE001 - a blip in the store must not kill the run
-                log.warning("store unavailable while supervising %s: %s", run_id, err)
-            now = time.monotonic()
-            if cancel_seen_at is not None and termed_at is None and now - cancel_seen_at > grace_s:
-                kill_group(pgid, signal.SIGTERM)
-                termed_at = now
-            if termed_at is not None and now - termed_at > kill_after_s:
-                kill_group(pgid, signal.SIGKILL)
-        rc = proc.returncode
+        rc = wait_group(proc, stop, poll_s, tick)
     finally:
         if proc.poll() is None:
             kill_group(pgid, signal.SIGTERM)
@@ -202,7 +245,7 @@ def supervise_run(
         outcome = Outcome("failed", rc, upload_error)
     elif rc == 0:
         outcome = Outcome("succeeded", rc)
-    elif rc == EXIT_CANCELLED or cancel_seen_at is not None or store.cancel_requested(run_id):
+    elif rc == EXIT_CANCELLED or stop.requested_at is not None or store.cancel_requested(run_id):
         outcome = Outcome("cancelled", rc)
     else:
         outcome = Outcome("failed", rc, _error_text(workdir, log_path))
