@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import multiprocessing
 import os
+import pickle
 import socket
 import tarfile
 from pathlib import Path
@@ -18,6 +19,7 @@ from sslengine.data.datasets import (
     CIFAR10_CLASSES,
     DatasetError,
     ImageArrayDataset,
+    UnsafePickleError,
     dataset_info,
     decode_image,
     load_dataset,
@@ -402,3 +404,146 @@ def test_cifar10_from_shared_archive(tmp_path):
     info = dataset_info("cifar10", CIFAR_ARCHIVE)
     assert info["per_split"] == {"test": 10_000, "train": 50_000} and info["images"] == 60_000
     assert info["classes"] == CIFAR10_CLASSES
+
+
+# ------------------------------------------------- CIFAR-10, torchvision's python batches
+
+
+class _Py2Pickler(pickle._Pickler):
+    """Writes what the published ``cifar-10-batches-py`` files hold: Python 2 protocol-2
+    pickles, every string a byte string (BINSTRING), numpy 1.x's module names."""
+
+    def save_py2_str(self, obj):
+        data = obj if isinstance(obj, bytes) else obj.encode("latin1")
+        self.write(pickle.BINSTRING + len(data).to_bytes(4, "little") + data)
+        self.memoize(obj)
+
+    dispatch = {**pickle._Pickler.dispatch, bytes: save_py2_str, str: save_py2_str}
+
+
+def py2_pickle(obj) -> bytes:
+    buf = io.BytesIO()
+    _Py2Pickler(buf, protocol=2).dump(obj)
+    raw = buf.getvalue().replace(b"numpy._core.multiarray\n", b"numpy.core.multiarray\n")
+    assert b"_codecs" not in raw and b"numpy._core" not in raw
+    return raw
+
+
+CIFAR_FAKE_SIZES = {f"data_batch_{i}": 3 for i in range(1, 6)} | {"test_batch": 4}
+
+
+def write_cifar_batches(root: Path) -> dict[str, tuple[np.ndarray, list[int]]]:
+    """root/cifar-10-batches-py with tiny batches; returns {file: (HWC images, labels)}."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(7)
+    written = {}
+    for k, (name, n) in enumerate(CIFAR_FAKE_SIZES.items()):
+        hwc = rng.integers(0, 256, (n, 32, 32, 3), dtype=np.uint8)
+        labels = [(k * 3 + i) % 10 for i in range(n)]
+        rows = hwc.transpose(0, 3, 1, 2).reshape(n, 3072)  # row-major CHW: R, then G, then B
+        entry = {b"batch_label": name.encode(), b"labels": labels, b"data": rows,
+                 b"filenames": [f"img_{k}_{i}.png".encode() for i in range(n)]}  # fmt: skip
+        (folder / name).write_bytes(py2_pickle(entry))
+        written[name] = (hwc, labels)
+    meta = {b"num_cases_per_batch": 3, b"num_vis": 3072,
+            b"label_names": [c.encode() for c in CIFAR10_CLASSES]}  # fmt: skip
+    (folder / "batches.meta").write_bytes(py2_pickle(meta))
+    return written
+
+
+def test_cifar10_python_batches_load_as_hwc_images(tmp_path):
+    data = tmp_path / "data"
+    written = write_cifar_batches(data / "cifar10")
+    cache = tmp_path / "cache"
+    train = load_dataset("cifar10", "cifar10", "train", None, cache, allowed_roots=[data])
+    names = [f"data_batch_{i}" for i in range(1, 6)]
+    assert train.images.shape == (15, 32, 32, 3) and train.images.dtype == np.uint8
+    assert np.array_equal(np.asarray(train.images), np.concatenate([written[n][0] for n in names]))
+    assert train.labels.tolist() == sum((written[n][1] for n in names), [])
+    assert train.classes == CIFAR10_CLASSES
+    # Pixel (row 0, col 1) of image 0 is bytes 1, 1025 and 2049 of its CHW row.
+    rows = written["data_batch_1"][0].transpose(0, 3, 1, 2).reshape(3, 3072)
+    assert train.images[0, 0, 1].tolist() == rows[0, [1, 1025, 2049]].tolist()
+    test = load_dataset("cifar10", data / "cifar10", "test", 16, cache, allowed_roots=[data])
+    assert test.images.shape == (4, 16, 16, 3) and test.labels.tolist() == [5, 6, 7, 8]
+    assert test.source != train.source
+    few = load_dataset("cifar10", data / "cifar10", "train", None, cache, max_per_class=1)
+    assert sorted(few.labels.tolist()) == list(range(10))
+    # The same folder in a .tar.gz goes through the same reader.
+    archive = data / "cifar.tar.gz"
+    with tarfile.open(archive, "w:gz") as tf:
+        tf.add(data / "cifar10" / "cifar-10-batches-py", arcname="cifar-10-batches-py")
+    packed = load_dataset("cifar10", archive, "train", None, cache, allowed_roots=[data])
+    assert np.array_equal(np.asarray(packed.images), np.asarray(train.images))
+
+
+class _RunsShell:
+    def __init__(self, command: str):
+        self.command = command
+
+    def __reduce__(self):
+        return (os.system, (self.command,))
+
+
+class _Evals:
+    def __reduce__(self):
+        return (eval, ("open('marker-eval', 'w')",))
+
+
+@pytest.mark.parametrize("payload", ["os.system", "builtins.eval", "numpy dtype then os.system"])
+def test_cifar10_malicious_pickle_is_refused_without_running(tmp_path, monkeypatch, payload):
+    data = tmp_path / "data"
+    write_cifar_batches(data / "cifar10")
+    monkeypatch.chdir(tmp_path)
+    marker = tmp_path / "pwned"
+    evil = {
+        "os.system": {b"data": _RunsShell(f"touch {marker}"), b"labels": [0]},
+        "builtins.eval": {b"data": _Evals(), b"labels": [0]},
+        # allowed globals first, the payload later in the same file
+        "numpy dtype then os.system": [
+            np.zeros((1, 3072), np.uint8),
+            _RunsShell(f"touch {marker}"),
+        ],
+    }[payload]
+    victim = data / "cifar10" / "cifar-10-batches-py" / "data_batch_3"
+    victim.write_bytes(pickle.dumps(evil, protocol=2))
+    with pytest.raises(UnsafePickleError, match="refusing to load") as err:
+        load_dataset("cifar10", "cifar10", "train", None, tmp_path / "c", allowed_roots=[data])
+    assert str(victim) in str(err.value)
+    # the refused global is named (protocol 2 spells builtins "__builtin__")
+    refused = f"{os.system.__module__}.system'" if "system" in payload else "__builtin__.eval'"
+    assert refused in str(err.value)
+    assert not marker.exists() and not (tmp_path / "marker-eval").exists()
+    assert not list((tmp_path / "c").glob("*.npy"))
+
+
+def test_cifar10_bad_batches_are_clear_errors(tmp_path):
+    root = tmp_path / "cifar"
+    write_cifar_batches(root)
+    folder = root / "cifar-10-batches-py"
+    (folder / "data_batch_2").write_bytes(py2_pickle({b"data": np.zeros((2, 100), np.uint8),
+                                                      b"labels": [0, 1]}))  # fmt: skip
+    with pytest.raises(DatasetError, match="data_batch_2.*3072"):
+        load_dataset("cifar10", root, "train", None, tmp_path / "c")
+    (folder / "data_batch_2").write_bytes(b"\x80\x02not a pickle")
+    with pytest.raises(DatasetError, match="data_batch_2.*not a readable"):
+        load_dataset("cifar10", root, "train", None, tmp_path / "c")
+    (folder / "data_batch_2").unlink()
+    with pytest.raises(DatasetError, match="lacks data_batch_2"):
+        load_dataset("cifar10", root, "train", None, tmp_path / "c")
+    (folder / "test_batch").write_bytes(py2_pickle({b"data": np.zeros((1, 3072), np.uint8),
+                                                    b"labels": [10]}))  # fmt: skip
+    with pytest.raises(DatasetError, match="label 10 is outside 0..9"):
+        load_dataset("cifar10", root, "test", None, tmp_path / "c")
+
+
+def test_cifar10_batch_symlinked_outside_the_roots_is_not_read(tmp_path):
+    data, outside = tmp_path / "data", tmp_path / "outside"
+    write_cifar_batches(data / "cifar10")
+    write_cifar_batches(outside)
+    link = data / "cifar10" / "cifar-10-batches-py" / "test_batch"
+    link.unlink()
+    link.symlink_to(outside / "cifar-10-batches-py" / "test_batch")
+    with pytest.raises(PathNotAllowedError, match="test_batch.*outside the allowed"):
+        load_dataset("cifar10", "cifar10", "test", None, tmp_path / "c", allowed_roots=[data])

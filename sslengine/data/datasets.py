@@ -24,7 +24,9 @@ Supported names (``KNOWN_DATASETS``):
 - ``digits``: scikit-learn's ``load_digits`` (1,797 8x8 grey digits shipped inside the wheel;
   no download), upscaled to ``image_size`` (default 32), split 80/20 stratified, seed 0.
 - ``cifar10``: torchvision's ``cifar-10-batches-py`` folder, an ImageFolder tree with
-  ``train/`` and ``test/``, or a ``.tar.gz`` of either (extracted once into the cache).
+  ``train/`` and ``test/``, or a ``.tar.gz`` of either (extracted once into the cache). The
+  batches are pickles: they are read with an unpickler that builds only numpy arrays and plain
+  data, so a crafted file in a user's folder cannot run code (``UnsafePickleError``).
 - ``imagefolder``: ``root/<class>/<image>`` (or ``root/<split>/<class>/<image>``), decoded with
   PIL: EXIF orientation applied, any mode converted to RGB, shorter side resized to
   ``image_size`` (default 64) then centre-cropped (torchvision's ``Resize`` + ``CenterCrop``).
@@ -40,6 +42,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import shutil
 import tarfile
 import uuid
@@ -52,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from sslengine.data.paths import is_within, resolve_within_roots
+from sslengine.data.paths import PathNotAllowedError, is_within, resolve_within_roots
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -61,6 +64,7 @@ __all__ = [
     "IMAGE_EXTENSIONS",
     "ImageArrayDataset",
     "KNOWN_DATASETS",
+    "UnsafePickleError",
     "dataset_info",
     "decode_image",
     "is_archive",
@@ -617,7 +621,7 @@ def _load_cifar10(
         raise DatasetError(f"dataset 'cifar10' has splits train and test, not '{split}'")
     kind, where = _cifar10_layout(path)
     if kind == "torchvision":
-        return _load_cifar10_torchvision(where, split, size, cache, max_per_class)
+        return _load_cifar10_torchvision(where, split, size, cache, max_per_class, allowed_roots)
     if kind == "imagefolder":
         return _load_imagefolder(
             "cifar10", where, split, size, cache, max_per_class, allowed_roots, need_split=True
@@ -654,10 +658,23 @@ def _load_cifar10(
 
 
 def _load_cifar10_torchvision(
-    root: Path, split: str, size: int, cache: Path, max_per_class: int | None
+    root: Path,
+    split: str,
+    size: int,
+    cache: Path,
+    max_per_class: int | None,
+    allowed_roots: Sequence[Path] | None = None,
 ) -> ImageArrayDataset:
     batches = root / "cifar-10-batches-py"
-    files = sorted(batches.glob("*_batch*"))
+    files = sorted([*batches.glob("*_batch*"), *batches.glob(_CIFAR10_META)])
+    if allowed_roots is not None:  # a batch file symlinked out of the roots is never read
+        roots = [Path(r).resolve() for r in allowed_roots]
+        for f in files:
+            if not any(is_within(f.resolve(), r) for r in roots):
+                raise PathNotAllowedError(
+                    f"dataset 'cifar10': '{f}' links to '{f.resolve()}', outside the allowed "
+                    f"dataset roots ({', '.join(str(r) for r in roots)})"
+                )
     stem = _cache_stem(
         "cifar10",
         split,
@@ -675,22 +692,160 @@ def _load_cifar10_torchvision(
     return _cached(cache, stem, f"{batches}#{split}", build)
 
 
+_CIFAR10_TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
+_CIFAR10_TEST_BATCHES = ("test_batch",)
+_CIFAR10_META = "batches.meta"
+
+
+class UnsafePickleError(DatasetError):
+    """A CIFAR-10 batch file asked to load something other than arrays and plain data."""
+
+
+def _latin1_encode(text: str, encoding: str = "latin1") -> bytes:
+    """What ``_codecs.encode`` is used for in protocol-2 pickles of ``bytes`` (written by
+    Python 3): nothing else is accepted, so the name cannot become a general codec call."""
+    if encoding not in ("latin1", "latin-1") or not isinstance(text, str):
+        raise pickle.UnpicklingError(f"_codecs.encode({type(text).__name__}, {encoding!r})")
+    return text.encode("latin1")
+
+
+def _numpy_pickle_globals() -> dict[tuple[str, str], object]:
+    """The globals a pickled uint8 ndarray refers to, under numpy 1.x and 2.x module names.
+
+    Taken from numpy's own ``__reduce_ex__`` (not imported by name), so the allowed objects
+    are exactly numpy's array reconstructors, ``ndarray`` and ``dtype``: all they can build is
+    an array, a pure function of the bytes in the file.
+    """
+    probe = np.zeros(2, dtype=np.uint8)
+    reconstruct = probe.__reduce_ex__(2)[0]  # numpy(._core|.core).multiarray._reconstruct
+    frombuffer = probe.__reduce_ex__(5)[0]  # numpy(._core|.core).numeric._frombuffer (>= 5)
+    allowed: dict[tuple[str, str], object] = {}
+    for pkg in ("numpy.core", "numpy._core"):
+        allowed[(f"{pkg}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{pkg}.numeric", "_frombuffer")] = frombuffer
+    allowed[("numpy", "ndarray")] = np.ndarray
+    allowed[("numpy", "dtype")] = np.dtype
+    allowed[("_codecs", "encode")] = _latin1_encode
+    return allowed
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that can build dicts, lists, strings, numbers and numpy arrays, and
+    nothing else: any other global (``os.system``, ``builtins.eval``, a class whose
+    ``__reduce__`` runs code) raises ``UnsafePickleError`` before it is called."""
+
+    def __init__(self, file, path: Path) -> None:
+        super().__init__(file, encoding="bytes")  # CIFAR batches are Python 2 pickles
+        self._path = path
+        self._allowed = _numpy_pickle_globals()
+
+    def find_class(self, module: str, name: str) -> object:
+        try:
+            return self._allowed[(module, name)]
+        except KeyError:
+            raise UnsafePickleError(
+                f"dataset 'cifar10': refusing to load '{self._path}': the pickle asks for "
+                f"'{module}.{name}', which a CIFAR-10 batch never contains (only numpy "
+                f"arrays, dicts, lists and strings are allowed); the file is not a genuine "
+                f"CIFAR-10 python batch and may be malicious"
+            ) from None
+
+    def persistent_load(self, pid: object) -> object:
+        raise UnsafePickleError(
+            f"dataset 'cifar10': refusing to load '{self._path}': it uses persistent ids"
+        )
+
+
+def _read_cifar_pickle(path: Path) -> dict:
+    """One ``cifar-10-batches-py`` file, unpickled without running code from it."""
+    try:
+        with open(path, "rb") as handle:
+            obj = _CifarUnpickler(handle, path).load()
+    except UnsafePickleError:
+        raise
+    except FileNotFoundError:
+        raise DatasetError(f"dataset 'cifar10': missing file '{path}'") from None
+    except Exception as exc:  # truncated, not a pickle, bad array state...
+        raise DatasetError(
+            f"dataset 'cifar10': '{path}' is not a readable CIFAR-10 python batch "
+            f"({type(exc).__name__}: {exc})"
+        ) from None
+    if not isinstance(obj, dict):
+        raise DatasetError(
+            f"dataset 'cifar10': '{path}' holds a {type(obj).__name__}, not a CIFAR-10 dict"
+        )
+    return obj
+
+
+def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(images uint8 (N, 32, 32, 3) HWC, labels int64 (N,)) of one batch file."""
+    entry = _read_cifar_pickle(path)
+    data, labels = entry.get(b"data"), entry.get(b"labels")
+    if not isinstance(data, np.ndarray) or data.dtype != np.uint8 or data.ndim != 2:
+        raise DatasetError(
+            f"dataset 'cifar10': '{path}': b'data' must be a uint8 (N, 3072) array, got "
+            f"{getattr(data, 'dtype', type(data).__name__)} {getattr(data, 'shape', '')}"
+        )
+    if data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(
+            f"dataset 'cifar10': '{path}': b'data' rows must hold 3072 values "
+            f"(3 x 32 x 32), got {data.shape[1]}"
+        )
+    try:
+        labels_arr = np.asarray(labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        labels_arr = np.empty(0)
+    if labels_arr.shape != (data.shape[0],):
+        raise DatasetError(
+            f"dataset 'cifar10': '{path}': b'labels' must be a list of {data.shape[0]} "
+            f"integers (one per row of b'data')"
+        )
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # CHW rows -> HWC
+    return np.ascontiguousarray(images), labels_arr
+
+
+def _read_cifar_classes(batches: Path) -> list[str]:
+    meta_path = batches / _CIFAR10_META
+    if not meta_path.is_file():
+        return list(CIFAR10_CLASSES)
+    names = _read_cifar_pickle(meta_path).get(b"label_names")
+    if not isinstance(names, list) or not all(isinstance(n, (bytes, str)) for n in names):
+        raise DatasetError(f"dataset 'cifar10': '{meta_path}': b'label_names' is not a list")
+    return [n.decode("utf-8") if isinstance(n, bytes) else n for n in names]
+
+
 def _cifar10_torchvision_builder(
     root: Path, split: str, size: int, max_per_class: int | None
 ) -> Callable[[Path], _Built]:
-    def build(tmp: Path) -> _Built:
-        from torchvision.datasets import CIFAR10
+    """Reads torchvision's ``cifar-10-batches-py`` (the same arrays ``torchvision.datasets.
+    CIFAR10`` returns) with a restricted unpickler: the batches are pickles, and a pickle from
+    a user-supplied folder must not be able to run code. No md5 check (torchvision's is only
+    against the exact published files): the arrays' dtype, shape and labels are checked."""
 
-        try:
-            tv = CIFAR10(str(root), train=(split == "train"), download=False)
-        except RuntimeError as exc:  # torchvision's integrity (md5) check failed
-            raise DatasetError(f"dataset 'cifar10' at '{root}': {exc}") from exc
-        labels = np.asarray(tv.targets, dtype=np.int64)
+    def build(tmp: Path) -> _Built:
+        batches = root / "cifar-10-batches-py"
+        names = _CIFAR10_TRAIN_BATCHES if split == "train" else _CIFAR10_TEST_BATCHES
+        missing = [n for n in names if not (batches / n).is_file()]
+        if missing:
+            raise DatasetError(
+                f"dataset 'cifar10': '{batches}' lacks {', '.join(missing)} "
+                f"(the {split} split needs {', '.join(names)})"
+            )
+        classes = _read_cifar_classes(batches)
+        parts = [_read_cifar_batch(batches / n) for n in names]
+        images = np.concatenate([p[0] for p in parts])
+        labels = np.concatenate([p[1] for p in parts])
+        bad = labels[(labels < 0) | (labels >= len(classes))]
+        if bad.size:
+            raise DatasetError(
+                f"dataset 'cifar10' at '{batches}': label {int(bad[0])} is outside "
+                f"0..{len(classes) - 1} ({len(classes)} classes in {_CIFAR10_META})"
+            )
         keep = _first_per_class(labels, max_per_class)
-        images = np.asarray(tv.data)[keep]
+        images = images[keep]
         if size != images.shape[1]:
             images = np.stack([_resize_center_crop(Image.fromarray(x), size) for x in images])
-        return _save_array_builder(images, _Built(labels[keep], list(tv.classes)))(tmp)
+        return _save_array_builder(images, _Built(labels[keep], classes))(tmp)
 
     return build
 
