@@ -476,6 +476,12 @@ def test_launch_page_shows_dataset_counts_before_launch(ssl_home):
     digits = load_digits()
     assert metrics["Images"] == f"{len(digits.target):,}"
     assert metrics["Classes"] == str(len(set(digits.target.tolist())))
+    # a per-class cap says how many of those a run will use (digits: 10 classes)
+    at.text_input(key="cfg.dataset.max_per_class").set_value("5").run()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "at most 5 images of each class" in captions
+    assert "train: ≤ 50" in captions and "test: ≤ 50" in captions
 
 
 def test_launch_page_lists_data_roots_and_counts_the_chosen_one(ssl_home):

@@ -137,6 +137,13 @@ with dataset_box:
             + (" …" if n_classes > 20 else "")
             + ("" if ds.get("name") != "digits" else f" · {BUILT_IN_LABEL}")
         )
+        cap = ds.get("max_per_class")
+        if isinstance(cap, int) and cap > 0 and n_classes:
+            used = {k: min(v, cap * n_classes) for k, v in info["per_split"].items()}
+            st.caption(
+                f"dataset.max_per_class {cap}: at most {cap:,} images of each class are used, "
+                + ", ".join(f"{k}: ≤ {v:,}" for k, v in used.items())
+            )
 
 notes = st.text_area("Notes", key="notes", help="free text, shown on the run's page")
 if errors:  # each is shown in full above (under its field, or at the top of the form)
