@@ -584,3 +584,25 @@ def test_compare_page_overlays_runs_and_tabulates_final_metrics(finished_run, fa
     assert fig["data"][0]["y"] == pytest.approx(
         store.metric_series(finished_run, "effective_rank")[1]
     )
+
+
+def test_launch_page_with_redis_down_names_the_url_and_stores_nothing(ssl_home, monkeypatch):
+    """Broker unreachable: the page says which URL it tried; no run row is left `queued`."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        dead = f"redis://127.0.0.1:{sock.getsockname()[1]}/0"  # nothing listens after close
+    monkeypatch.setenv("REDIS_URL", dead)
+    store = Store.default()
+    before = len(store.list_runs())
+    at = _page("launch")
+    at.run()
+    at.text_input(key="cfg.name").set_value("redis-down")
+    at.button(key="launch").click()
+    at.run()
+    assert not at.exception
+    errors = " ".join(e.value for e in at.error)
+    assert f"cannot reach Redis at {dead}" in errors, errors
+    assert not at.success
+    assert len(store.list_runs()) == before
