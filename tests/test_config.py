@@ -126,3 +126,15 @@ def test_blur_is_auto_by_image_size_unless_set() -> None:
     assert vc.blur_p == 0.1
     views, vc = views_of(dataset={"name": "digits", "image_size": 32}, views={"blur_p": 1.0})
     assert vc.blur_p == 1.0
+
+
+def test_every_preset_is_a_valid_config() -> None:
+    """The launch form and `--preset` offer these: each must parse as it stands."""
+    from sslengine.methods import METHODS
+    from sslengine.presets import PRESETS
+
+    for name, data in PRESETS.items():
+        cfg = parse_config(data)
+        assert cfg.method in METHODS, name
+    jigsaw = parse_config(PRESETS["Jigsaw, CIFAR-10 subset, small ResNet (CPU)"])
+    assert (jigsaw.dataset.image_size, jigsaw.eval.knn_tap) == (48, "layer2")
