@@ -17,6 +17,7 @@ page-load latency while the queue drains, on one real `streamlit run` server:
 p50 / p95 over all loads of each kind; target p95 < 2 s.
 
     .venv/bin/python bench/queue_load.py [--runs 50] [--sessions 10] [--browsers 1]
+        [--browser-cpus 1]
 
 Uses REDIS_URL (default redis://127.0.0.1:6379/0; an embedded Redis is started if none answers)
 and a temporary SSL_HOME with a SQLite store.
@@ -86,7 +87,29 @@ def main() -> None:
     p.add_argument("--sessions", type=int, default=10, help="protocol sessions (no browser)")
     p.add_argument("--browsers", type=int, default=1, help="chromium tabs, besides the sessions")
     p.add_argument("--think", type=float, default=1.0, help="seconds between a session's loads")
+    p.add_argument(
+        "--browser-cpus",
+        default="",
+        help=(
+            "e.g. '1': run the chromium tab on these CPUs and everything else (server, workers, "
+            "training, the protocol sessions) on the others, as when the browser is on a "
+            "user's own machine; default: all share every CPU"
+        ),
+    )
     args = p.parse_args()
+    browser_cpus = {int(c) for c in args.browser_cpus.split(",") if c.strip()}
+    chromium = CHROMIUM
+    if browser_cpus:
+        rest = os.sched_getaffinity(0) - browser_cpus
+        if not rest or not browser_cpus <= os.sched_getaffinity(0):
+            p.error(f"--browser-cpus {args.browser_cpus}: must leave CPUs for the server side")
+        os.sched_setaffinity(0, rest)  # inherited by the server, the workers and training
+        wrapper = Path(tempfile.mkdtemp(prefix="ssl-load-browser-")) / "chromium"
+        cpus = ",".join(map(str, sorted(browser_cpus)))
+        wrapper.write_text(f'#!/bin/sh\nexec taskset -c {cpus} {CHROMIUM} "$@"\n')
+        wrapper.chmod(0o755)
+        chromium = str(wrapper)
+        print(f"chromium on CPU(s) {cpus}; server, workers and sessions on {sorted(rest)}")
     home = Path(tempfile.mkdtemp(prefix="ssl-load-"))
     os.environ.update(
         SSL_HOME=str(home),
@@ -140,7 +163,7 @@ def main() -> None:
         from playwright.async_api import async_playwright
 
         async with async_playwright() as p:
-            browser = await p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
+            browser = await p.chromium.launch(executable_path=chromium, args=CHROMIUM_FLAGS)
             context = await browser.new_context(viewport={"width": 1300, "height": 900})
             page = await context.new_page()
             nav = page.get_by_test_id("stSidebarNav")
