@@ -200,3 +200,15 @@ def failed_run(ssl_home):
     store.set_status(run_id, "running")
     store.set_status(run_id, "failed", error="ValueError: dataset path /nope does not exist")
     return run_id
+
+
+@pytest.fixture
+def idle_queue(redis_url):
+    """(name, Redis client) of a queue no worker consumes: whatever is sent to it stays there to
+    be counted (a submitted run stays queued); deleted afterwards."""
+    import redis
+
+    name = f"idle-{uuid.uuid4().hex[:8]}"
+    client = redis.Redis.from_url(redis_url)
+    yield name, client
+    client.delete(name)

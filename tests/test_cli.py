@@ -63,19 +63,6 @@ def test_pretrain_in_process_then_runs_show(ssl_home):
 # ------------------------------------------------------------------------- submit
 
 
-@pytest.fixture
-def private_queue(redis_url):
-    """A queue no worker consumes, so a submitted run stays queued; emptied afterwards."""
-    import uuid
-
-    import redis
-
-    name = f"cli-test-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(redis_url)
-    yield name, client
-    client.delete(name)
-
-
 def _write_config(path, cfg: dict):
     import yaml
 
@@ -83,11 +70,11 @@ def _write_config(path, cfg: dict):
     return path
 
 
-def test_submit_prints_run_id_and_queues_it(ssl_home, private_queue, tmp_path):
+def test_submit_prints_run_id_and_queues_it(ssl_home, idle_queue, tmp_path):
     from services_fixtures import tiny_simclr
     from sslengine.store import Store
 
-    queue, client = private_queue
+    queue, client = idle_queue
     cfg = _write_config(tmp_path / "ok.yaml", tiny_simclr())
     r = _cli("submit", str(cfg), "--queue", queue, "--name", "cli-submitted")
     assert r.returncode == 0, r.stderr[-2000:]
@@ -115,12 +102,12 @@ def test_submit_prints_run_id_and_queues_it(ssl_home, private_queue, tmp_path):
     ids=["unknown-key", "negative-batch-size"],
 )
 def test_submit_invalid_config_names_field_and_queues_nothing(
-    ssl_home, private_queue, tmp_path, bad, field
+    ssl_home, idle_queue, tmp_path, bad, field
 ):
     from services_fixtures import tiny_simclr
     from sslengine.store import Store
 
-    queue, client = private_queue
+    queue, client = idle_queue
     cfg = tiny_simclr()
     for section, values in bad.items():
         cfg[section] = {**cfg[section], **values}

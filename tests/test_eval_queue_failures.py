@@ -8,7 +8,6 @@ import json
 import shutil
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
@@ -120,17 +119,6 @@ def run_without_checkpoint(ssl_home):
     store.set_status(run_id, "failed", error="RuntimeError: died before its first checkpoint")
     yield run_id
     store.delete_run(run_id)
-
-
-@pytest.fixture
-def idle_queue(redis_url):
-    """A queue no worker consumes, so whatever is sent to it stays there to be counted."""
-    import redis
-
-    name = f"idle-{uuid.uuid4().hex[:8]}"
-    client = redis.Redis.from_url(redis_url)
-    yield name, client
-    client.delete(name)
 
 
 @pytest.mark.integration
