@@ -3,11 +3,27 @@
 from __future__ import annotations
 
 import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+# ---------------------------------------------------------------------------- __main__
+# Streamlit's script runner (every AppTest) puts the script it ran in sys.modules["__main__"]
+# and leaves it there. A later multiprocessing "spawn" child re-runs the parent's __main__ file
+# before its target: an app page, or for AppTest.from_function a temporary script that fails
+# outside the test (NameError: __args), so the child dies before it starts.
+
+
+@pytest.fixture(autouse=True)
+def _restore_main_module() -> Iterator[None]:
+    main = sys.modules.get("__main__")
+    yield
+    if main is not None and sys.modules.get("__main__") is not main:
+        sys.modules["__main__"] = main
+
 
 # ---------------------------------------------------------------------------- store
 # ``store`` / ``store_url`` run a test against a migrated SQLite file and a migrated
