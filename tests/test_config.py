@@ -138,3 +138,13 @@ def test_every_preset_is_a_valid_config() -> None:
         assert cfg.method in METHODS, name
     jigsaw = parse_config(PRESETS["Jigsaw, CIFAR-10 subset, small ResNet (CPU)"])
     assert (jigsaw.dataset.image_size, jigsaw.eval.knn_tap) == (48, "layer2")
+
+
+def test_knn_tap_choices_are_the_backbone_taps() -> None:
+    """config.py cannot import torch, so it spells the taps out; they must stay the backbones'."""
+    import typing
+
+    from sslengine.config import EvalConfig
+    from sslengine.models.backbones import TAPS
+
+    assert typing.get_args(EvalConfig.model_fields["knn_tap"].annotation) == TAPS
