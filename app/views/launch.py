@@ -147,7 +147,8 @@ with dataset_box:
 
 notes = st.text_area("Notes", key="notes", help="free text, shown on the run's page")
 if errors:  # each is shown in full above (under its field, or at the top of the form)
-    where = dict.fromkeys(error_owner(loc, form_paths()) or loc or "config" for loc in errors)
+    paths = form_paths()
+    where = dict.fromkeys(error_owner(loc, paths) or loc or "config" for loc in errors)
     st.error(f"Not launched: fix {', '.join(f'`{w}`' for w in where)} in the form above.")
 
 user = current_user()

@@ -55,7 +55,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from sslengine.data.paths import PathNotAllowedError, is_within, resolve_within_roots
+from sslengine.data.paths import is_within, resolve_within_roots
 
 __all__ = [
     "ARCHIVE_SUFFIXES",
@@ -668,13 +668,8 @@ def _load_cifar10_torchvision(
     batches = root / "cifar-10-batches-py"
     files = sorted([*batches.glob("*_batch*"), *batches.glob(_CIFAR10_META)])
     if allowed_roots is not None:  # a batch file symlinked out of the roots is never read
-        roots = [Path(r).resolve() for r in allowed_roots]
         for f in files:
-            if not any(is_within(f.resolve(), r) for r in roots):
-                raise PathNotAllowedError(
-                    f"dataset 'cifar10': '{f}' links to '{f.resolve()}', outside the allowed "
-                    f"dataset roots ({', '.join(str(r) for r in roots)})"
-                )
+            resolve_within_roots(f, allowed_roots)
     stem = _cache_stem(
         "cifar10",
         split,
