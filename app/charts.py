@@ -183,3 +183,19 @@ def format_eta(seconds: float | None) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h}h {m:02d}m" if h else (f"{m}m {s:02d}s" if m else f"{s}s")
+
+
+def knn_metric_label(eval_cfg: dict | None) -> tuple[str, str]:
+    """The run page's label and help text for the end-of-run kNN, naming the readout when it
+    is not the default (the pooled output of whole images)."""
+    eval_cfg = eval_cfg or {}
+    tap = eval_cfg.get("knn_tap") or "pooled"
+    grid = int(eval_cfg.get("knn_patch_grid") or 1)
+    where = ([] if tap == "pooled" else [tap]) + ([f"{grid}x{grid} cells"] if grid > 1 else [])
+    label = "kNN top-1 (k=20" + "".join(f", {w}" for w in where) + ")"
+    help_text = f"end-of-run weighted kNN on the backbone's {tap} features (eval.knn_tap)"
+    if grid > 1:
+        help_text += (
+            f"; each image is the mean of its {grid} x {grid} cells' features (eval.knn_patch_grid)"
+        )
+    return label, help_text

@@ -58,6 +58,9 @@ class DatasetConfig(Section):
         return self
 
 
+# The smallest cell (px) eval.knn_patch_grid may cut an image into.
+MIN_PATCH_CELL = 4
+
 # Images at least this large get Gaussian blur when views.blur_p is left empty (auto).
 BLUR_AUTO_MIN_SIZE = 64
 
@@ -177,6 +180,17 @@ class EvalConfig(Section):
             "backbone tap the end-of-run kNN reads (globally average-pooled). Pretext-task "
             "features are most general before the last stage, which specialises to the "
             "pretext (Goyal et al. 2019: jigsaw peaks at res4 = layer3)"
+        ),
+    )
+    knn_patch_grid: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description=(
+            "1 = each image whole; g = each image cut into g x g cells, every cell through the "
+            "backbone, the image's feature the mean of its cells'. A trunk pretrained on patches "
+            "(jigsaw, relative position) is then read at the scale it learned; Kolesnikov et al. "
+            "2019 evaluate those two methods this way (3 x 3 patches, representations averaged)"
         ),
     )
 
@@ -334,6 +348,13 @@ class ExperimentConfig(Section):
             raise ValueError(
                 f"train.batch_size {self.train.batch_size} is not divisible by "
                 f"train.devices {devices}"
+            )
+        cell = self.dataset.image_size // self.eval.knn_patch_grid
+        if cell < MIN_PATCH_CELL:
+            raise ValueError(
+                f"eval.knn_patch_grid {self.eval.knn_patch_grid} cuts "
+                f"{self.dataset.image_size} px images into {cell} px cells; cells need at "
+                f"least {MIN_PATCH_CELL} px (lower the grid or raise dataset.image_size)"
             )
         if self.method == "moco" and self.moco.queue_size % self.train.batch_size:
             raise ValueError(

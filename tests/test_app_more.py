@@ -353,3 +353,14 @@ def test_latest_step_rows_keeps_each_runs_last_step_and_newest_repeat():
     assert steps_of(rows) == [20, 10, 5]
     assert row_for(rows, 20, "layer4").id == 4
     assert row_for(rows, 30, "layer4") is None
+
+
+def test_knn_label_names_a_readout_other_than_the_default():
+    from app.charts import knn_metric_label
+
+    assert knn_metric_label(None)[0] == "kNN top-1 (k=20)"
+    assert knn_metric_label({"knn_tap": "pooled", "knn_patch_grid": 1})[0] == "kNN top-1 (k=20)"
+    assert knn_metric_label({"knn_tap": "layer2"})[0] == "kNN top-1 (k=20, layer2)"
+    label, help_text = knn_metric_label({"knn_tap": "layer2", "knn_patch_grid": 3})
+    assert label == "kNN top-1 (k=20, layer2, 3x3 cells)"
+    assert "eval.knn_patch_grid" in help_text and "layer2" in help_text

@@ -51,7 +51,8 @@ def test_knn_row_agrees_with_the_training_loops_knn(finished_run):
     (row_id,) = run_evaluation(store, finished_run, "knn")
     (row,) = _rows(store, finished_run, [row_id])
     assert row.layer == "pooled" and row.checkpoint_step == _final_step(store, finished_run)
-    assert set(row.metrics) == {"knn_top1_k20", "knn_top1_k200", "n_train", "n_test"}
+    assert set(row.metrics) == {"knn_top1_k20", "knn_top1_k200", "n_train", "n_test", "patch_grid"}
+    assert row.metrics["patch_grid"] == 1
     assert (row.metrics["n_train"], row.metrics["n_test"]) == (1437, 360)  # digits 80/20
     # the loop evaluated the same final weights with its own code path at the end of training
     loop_rows = [
@@ -59,6 +60,19 @@ def test_knn_row_agrees_with_the_training_loops_knn(finished_run):
     ]
     assert loop_rows, "the training loop records a kNN result"
     assert row.metrics["knn_top1_k20"] == pytest.approx(loop_rows[0].metrics["knn_top1_k20"])
+
+
+def test_knn_job_reads_the_patch_grid_it_is_given(finished_run):
+    """params.patch_grid: a different readout of the same checkpoint, recorded in the row."""
+    store = Store.default()
+    whole, grid = (
+        run_evaluation(store, finished_run, "knn"),
+        run_evaluation(store, finished_run, "knn", params={"patch_grid": 2}),
+    )
+    (w,), (g,) = _rows(store, finished_run, whole), _rows(store, finished_run, grid)
+    assert (w.metrics["patch_grid"], g.metrics["patch_grid"]) == (1, 2)
+    assert g.metrics["n_test"] == w.metrics["n_test"] == 360
+    assert g.metrics["knn_top1_k20"] != w.metrics["knn_top1_k20"]
 
 
 def test_retrieval_writes_embeddings_labels_and_a_loadable_index(finished_run):
@@ -241,7 +255,7 @@ def test_module_entry_point_reports_errors_with_exit_2(finished_run, capsys):
     assert main([finished_run, "knn", "--params", '{"k": [5]}']) == 0
     ids = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["ids"]
     (row,) = _rows(Store.default(), finished_run, ids)
-    assert set(row.metrics) == {"knn_top1_k5", "n_train", "n_test"}
+    assert set(row.metrics) == {"knn_top1_k5", "n_train", "n_test", "patch_grid"}
 
 
 def test_cli_prints_rows_as_json_and_as_a_table(finished_run):
@@ -253,7 +267,12 @@ def test_cli_prints_rows_as_json_and_as_a_table(finished_run):
     result = runner.invoke(eval_app, ["knn", finished_run, "--json", "--param", "k=[10]"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
-    assert len(rows) == 1 and set(rows[0]["metrics"]) == {"knn_top1_k10", "n_train", "n_test"}
+    assert len(rows) == 1 and set(rows[0]["metrics"]) == {
+        "knn_top1_k10",
+        "n_train",
+        "n_test",
+        "patch_grid",
+    }
     result = runner.invoke(eval_app, ["probe", finished_run, "--layer", "pooled", "--epochs", "1"])
     assert result.exit_code == 0, result.output
     header, line = result.stdout.strip().splitlines()[-2:]
@@ -280,3 +299,13 @@ def test_probe_through_the_queue(finished_run, celery_worker, queue_name):
         time.sleep(0.5)
     assert sorted(r.layer for r in new) == ["layer4", "pooled"]
     assert all(r.checkpoint_step == _final_step(store, finished_run) for r in new)
+
+
+def test_knn_job_defaults_to_the_tap_the_runs_own_knn_read():
+    from sslengine.config import parse_config
+    from sslengine.eval.jobs import KnnParams, RetrievalParams, _resolve_layers
+
+    cfg = parse_config({"eval": {"knn_tap": "layer2"}})
+    assert _resolve_layers("knn", None, KnnParams(), cfg) == ("layer2",)
+    assert _resolve_layers("knn", "layer3", KnnParams(), cfg) == ("layer3",)
+    assert _resolve_layers("retrieval", None, RetrievalParams(), cfg) == ("pooled",)

@@ -63,9 +63,17 @@ def make_backbone(state: dict[str, torch.Tensor] | None = None):
     return backbone
 
 
-def knn_cfg(tap: str = "pooled"):
+def knn_cfg(tap: str = "pooled", grid: int = 1):
     return parse_config(
-        {"seed": 0, "eval": {"knn_k": [1, 3, 20], "knn_temperature": 0.1, "knn_tap": tap}}
+        {
+            "seed": 0,
+            "eval": {
+                "knn_k": [1, 3, 20],
+                "knn_temperature": 0.1,
+                "knn_tap": tap,
+                "knn_patch_grid": grid,
+            },
+        }
     )
 
 
@@ -105,6 +113,9 @@ def compute(backbone, train: ImageArrayDataset, test: ImageArrayDataset) -> dict
     out["knn"] = knn_eval(backbone, train, test, knn_cfg(), MEAN, STD, torch.device("cpu"))
     out["knn_layer2"] = knn_eval(
         backbone, train, test, knn_cfg("layer2"), MEAN, STD, torch.device("cpu")
+    )
+    out["knn_grid"] = knn_eval(
+        backbone, train, test, knn_cfg("layer1", grid=2), MEAN, STD, torch.device("cpu")
     )
     return out
 
@@ -197,6 +208,8 @@ def test_two_process_knn_equals_one_process(results):
     assert rank1["knn"] == single["knn"]
     # eval.knn_tap: the same on another tap
     assert rank0["knn_layer2"] == single["knn_layer2"] == rank1["knn_layer2"]
+    # eval.knn_patch_grid: every rank cuts its shard into the same cells
+    assert rank0["knn_grid"] == single["knn_grid"] == rank1["knn_grid"]
     # neither all right nor all wrong: a misplaced row or label would change the numbers
     assert all(0.0 < acc < 1.0 for acc in single["knn"].values()), single["knn"]
 

@@ -9,7 +9,7 @@ import yaml
 
 from app.artifacts import layer_rank, newest_per_key, tail_lines
 from app.auth import actor, can_launch, current_user, may_act_on
-from app.charts import format_eta, line_chart
+from app.charts import format_eta, knn_metric_label, line_chart
 from app.state import link, pick_run, store
 from tasks.submit import cancel
 
@@ -74,12 +74,8 @@ def live() -> None:
     c3.metric("ETA", format_eta(r.eta_seconds) if r.status == "running" else "—")
     last = s.last_metrics(run_id, (*CHARTED, *SHOWN))
     last_knn = last.get("knn_top1_k20")
-    knn_tap = ((run.config or {}).get("eval") or {}).get("knn_tap", "pooled")
-    c4.metric(
-        "kNN top-1 (k=20)" if knn_tap == "pooled" else f"kNN top-1 (k=20, {knn_tap})",
-        f"{last_knn[1] * 100:.1f}%" if last_knn else "—",
-        help=f"end-of-run weighted kNN on the backbone's {knn_tap} features (eval.knn_tap)",
-    )
+    knn_label, knn_help = knn_metric_label((run.config or {}).get("eval"))
+    c4.metric(knn_label, f"{last_knn[1] * 100:.1f}%" if last_knn else "—", help=knn_help)
     st.progress(
         min(1.0, max(0.0, r.progress or 0.0)), text=f"{(r.progress or 0) * 100:.1f}% · {r.status}"
     )

@@ -34,6 +34,26 @@ def _check_device(backbone: nn.Module, device: str | torch.device | None) -> tor
     return own
 
 
+def grid_cells(x: Tensor, grid: int) -> Tensor:
+    """Cut (B, C, H, W) images into grid x grid non-overlapping cells of H // grid x W // grid
+    pixels: (B * grid**2, C, H // grid, W // grid), image by image, cells in row-major order.
+    When H or W is not a multiple of `grid`, the cells tile the centred region and the
+    remainder at the borders is left out. grid = 1 returns `x` itself."""
+    if grid < 1:
+        raise ValueError(f"grid must be >= 1, got {grid}")
+    if grid == 1:
+        return x
+    b, c, h, w = x.shape
+    ch, cw = h // grid, w // grid
+    if ch < 1 or cw < 1:
+        raise ValueError(f"a {grid}x{grid} grid does not fit {h}x{w} images")
+    top, left = (h - ch * grid) // 2, (w - cw * grid) // 2
+    x = x[:, :, top : top + ch * grid, left : left + cw * grid]
+    # (B, C, g, ch, g, cw) -> (B, g, g, C, ch, cw)
+    cells = x.reshape(b, c, grid, ch, grid, cw).permute(0, 2, 4, 1, 3, 5)
+    return cells.reshape(b * grid * grid, c, ch, cw)
+
+
 def extract_features(
     backbone: nn.Module,
     images: np.ndarray,
@@ -45,6 +65,7 @@ def extract_features(
     pool: Mapping[str, Callable[[Tensor], Tensor]] | None = None,
     progress: bool = False,
     indices: Sequence[int] | np.ndarray | None = None,
+    patch_grid: int = 1,
 ) -> dict[str, np.ndarray]:
     """Features of a frozen backbone at the requested taps, as float32 arrays.
 
@@ -62,6 +83,11 @@ def extract_features(
         progress: show a tqdm bar.
         indices: only these rows of `images`, in this order (row k of the result is image
             ``indices[k]``); None = every image. Used for one rank's shard.
+        patch_grid: 1 = each image whole; g > 1 = each image cut into g x g cells
+            (`grid_cells`), every cell through the backbone on its own, and an image's feature
+            at a tap the mean of its cells' (pooled) features. A trunk pretrained on patches
+            (jigsaw, relative position) is read at the scale it was trained on, as Kolesnikov
+            et al. 2019 evaluate those two methods (3 x 3 patches, representations averaged).
 
     Returns:
         {tap: float32 array (N, D_tap)}, in the order of `taps` (N = len(indices) if given).
@@ -77,6 +103,11 @@ def extract_features(
         raise ValueError(f"mean/std are in [0, 1] units with std > 0, got {mean} / {std}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if patch_grid < 1 or min(images.shape[1:3]) < patch_grid:
+        raise ValueError(
+            f"patch_grid must be >= 1 and fit {images.shape[1]}x{images.shape[2]} images, "
+            f"got {patch_grid}"
+        )
     if indices is not None:
         indices = np.asarray(indices, dtype=np.int64).reshape(-1)
         if indices.size and (indices.min() < 0 or indices.max() >= images.shape[0]):
@@ -107,14 +138,15 @@ def extract_features(
                     batch = np.ascontiguousarray(images[indices[start : start + batch_size]])
                 x = torch.from_numpy(batch).to(run_on, non_blocking=True)
                 x = x.permute(0, 3, 1, 2).float() * scale - shift
-                feats = backbone.forward_taps(x, taps)
+                feats = backbone.forward_taps(grid_cells(x, patch_grid), taps)
                 for tap in taps:
                     f = feats[tap]
                     if tap in pool:
                         f = pool[tap](f)
                     elif f.dim() == 4:
                         f = f.mean(dim=(2, 3))
-                    f = f.reshape(f.shape[0], -1).float().cpu().numpy()
+                    f = f.reshape(x.shape[0], patch_grid**2, -1).float().mean(dim=1)
+                    f = f.cpu().numpy()
                     if tap not in out:  # the dimension is known only after the first batch
                         out[tap] = np.empty((n, f.shape[1]), dtype=np.float32)
                     out[tap][start : start + f.shape[0]] = f
@@ -239,6 +271,7 @@ def extract_features_distributed(
     progress: bool = False,
     labels: np.ndarray | None = None,
     indices: Sequence[int] | np.ndarray | None = None,
+    patch_grid: int = 1,
 ) -> dict[str, np.ndarray]:
     """`extract_features` with the work split over the process group; every rank gets all.
 
@@ -269,14 +302,33 @@ def extract_features_distributed(
     if indices is None:
         if not is_dist():
             out = extract_features(
-                backbone, images, mean, std, taps, batch_size, device, pool, progress
+                backbone,
+                images,
+                mean,
+                std,
+                taps,
+                batch_size,
+                device,
+                pool,
+                progress,
+                patch_grid=patch_grid,
             )
             return out if labels is None else {**out, "labels": labels.copy()}
         indices = shard_indices(n, dist.get_rank(), dist.get_world_size())
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if indices.size:
         local = extract_features(
-            backbone, images, mean, std, taps, batch_size, device, pool, progress, indices
+            backbone,
+            images,
+            mean,
+            std,
+            taps,
+            batch_size,
+            device,
+            pool,
+            progress,
+            indices,
+            patch_grid,
         )
     else:  # fewer images than ranks: this rank only takes part in the gather
         local = {tap: np.zeros((0, 0), dtype=np.float32) for tap in taps}

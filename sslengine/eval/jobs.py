@@ -75,6 +75,9 @@ class KnnParams(_Params):
     k: list[int] = Field(default_factory=lambda: [20, 200], min_length=1)
     temperature: float | None = Field(None, gt=0.0, le=10.0, description="default: config's")
     max_train: int | None = Field(None, ge=1, description="default: config's knn_max_train")
+    patch_grid: int | None = Field(
+        None, ge=1, le=8, description="default: config's knn_patch_grid (1 = whole images)"
+    )
 
 
 class ProbeParams(_Params):
@@ -161,7 +164,8 @@ def _resolve_layers(kind: str, layer: str | None, params: Any, cfg: ExperimentCo
         if params.source == "kmeans":
             raise ValueError("layer 'prototypes' needs source 'prototypes' or 'auto'")
         params.source = "prototypes"
-    taps = taps_of(layer or "pooled")
+    # a kNN job reads the tap the run's own end-of-run kNN read, unless told otherwise
+    taps = taps_of(layer or (cfg.eval.knn_tap if kind == "knn" else "pooled"))
     if len(taps) != 1:
         raise ValueError(f"evaluation '{kind}' takes one tap, got {list(taps)}")
     if kind == "clusters":
@@ -385,10 +389,13 @@ def _knn(req: EvalRequest, backbone: Backbone, ckpt: LoadedCheckpoint, data: _Da
     if max_train and len(train) > max_train:
         rng = np.random.default_rng(req.cfg.seed)
         train = train.subset(np.sort(rng.choice(len(train), max_train, replace=False)))
+    grid = p.patch_grid or req.cfg.eval.knn_patch_grid
     f_train = extract_features(
-        backbone, train.images, ckpt.mean, ckpt.std, (tap,), progress=progress
+        backbone, train.images, ckpt.mean, ckpt.std, (tap,), progress=progress, patch_grid=grid
     )
-    f_test = extract_features(backbone, test.images, ckpt.mean, ckpt.std, (tap,), progress=progress)
+    f_test = extract_features(
+        backbone, test.images, ckpt.mean, ckpt.std, (tap,), progress=progress, patch_grid=grid
+    )
     metrics: dict[str, Any] = knn_classify(
         f_train[tap],
         np.asarray(train.labels),
@@ -398,7 +405,7 @@ def _knn(req: EvalRequest, backbone: Backbone, ckpt: LoadedCheckpoint, data: _Da
         temperature=p.temperature or req.cfg.eval.knn_temperature,
         num_classes=len(train.classes),
     )
-    metrics.update(n_train=len(train), n_test=len(test))
+    metrics.update(n_train=len(train), n_test=len(test), patch_grid=grid)
     return [(tap, metrics, None)]
 
 

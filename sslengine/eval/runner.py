@@ -38,6 +38,8 @@ def knn_eval(
 ) -> dict[str, float]:
     """Weighted kNN (T=cfg.eval.knn_temperature) on the features at `cfg.eval.knn_tap`
     (default the pooled output; a 4-D tap is globally average-pooled), test split vs train.
+    With `cfg.eval.knn_patch_grid` g > 1 an image's feature is the mean over its g x g cells
+    (`extract_features`' patch_grid).
 
     In a process group every rank must call it, and the ranks share the work: the memory
     (train features) is extracted shard by shard and all-gathered in dataset order, each rank
@@ -52,9 +54,13 @@ def knn_eval(
         train = train.subset(np.sort(rng.choice(len(train), cfg.eval.knn_max_train, replace=False)))
     if is_dist():
         return _knn_eval_distributed(backbone, train, test, cfg, mean, std, device)
-    tap = cfg.eval.knn_tap
-    f_train = extract_features(backbone, train.images, mean, std, (tap,), device=device)[tap]
-    f_test = extract_features(backbone, test.images, mean, std, (tap,), device=device)[tap]
+    tap, grid = cfg.eval.knn_tap, cfg.eval.knn_patch_grid
+    f_train = extract_features(
+        backbone, train.images, mean, std, (tap,), device=device, patch_grid=grid
+    )[tap]
+    f_test = extract_features(
+        backbone, test.images, mean, std, (tap,), device=device, patch_grid=grid
+    )[tap]
     return knn_classify(
         torch.from_numpy(f_train),
         torch.from_numpy(np.asarray(train.labels)),
@@ -77,14 +83,23 @@ def _knn_eval_distributed(
 ) -> dict[str, float]:
     if len(test) == 0:
         raise ValueError("no test points to classify")
-    tap = cfg.eval.knn_tap
-    f_train = extract_features_distributed(backbone, train.images, mean, std, (tap,), device=device)
+    tap, grid = cfg.eval.knn_tap, cfg.eval.knn_patch_grid
+    f_train = extract_features_distributed(
+        backbone, train.images, mean, std, (tap,), device=device, patch_grid=grid
+    )
     mine = shard_indices(len(test), dist.get_rank(), dist.get_world_size())
     ks = tuple(cfg.eval.knn_k)
     correct = torch.zeros(len(ks), dtype=torch.int64)
     if mine.size:
         f_test = extract_features(
-            backbone, test.images, mean, std, (tap,), device=device, indices=mine
+            backbone,
+            test.images,
+            mean,
+            std,
+            (tap,),
+            device=device,
+            indices=mine,
+            patch_grid=grid,
         )
         preds = knn_predict(
             torch.from_numpy(f_train[tap]),

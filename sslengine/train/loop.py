@@ -333,7 +333,7 @@ def pretrain(
         knn = knn_eval(method.backbone, train, test, cfg, mean, std, ctx.device)
         if ctx.is_main:
             reporter.log(total_steps, knn)
-            reporter.eval_result("knn", knn, layer="pooled", step=total_steps)
+            reporter.eval_result("knn", knn, layer=cfg.eval.knn_tap, step=total_steps)
         last.update(knn)
     if world > 1:
         dist.barrier()
