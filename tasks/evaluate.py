@@ -210,7 +210,7 @@ def submit_evaluation(
     A single-checkpoint request is pinned to the checkpoint validated here (None = the latest
     now), so the worker evaluates the checkpoint the caller saw."""
     from sslengine.eval.jobs import validate_request
-    from tasks.submit import check_broker
+    from tasks.submit import check_broker, send
 
     store = store or Store.default()
     if all_checkpoints and (kind != "probe" or checkpoint_step is not None):
@@ -230,7 +230,8 @@ def submit_evaluation(
         task_id=task_id,
     )
     try:
-        evaluate.apply_async(
+        send(
+            evaluate,
             args=[run_id, kind, step, layer, params, all_checkpoints, job_id],
             queue=queue,
             task_id=task_id,

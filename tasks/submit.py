@@ -51,11 +51,20 @@ def submit(
     return run_id
 
 
+def send(task, **options) -> str:
+    """`task.apply_async(**options)` on a connection to the broker at REDIS_URL as it is now
+    (what `check_broker` just reached), not the URL the Celery app read when it was imported;
+    returns the task id."""
+    from tasks.celery_app import app
+
+    with app.connection_for_write(redis_url()) as connection:
+        return task.apply_async(connection=connection, **options).id
+
+
 def enqueue(run_id: str, queue: str | None = None) -> str:
     from tasks.pretrain import pretrain_run
 
-    result = pretrain_run.apply_async(args=[run_id], queue=queue)
-    return result.id
+    return send(pretrain_run, args=[run_id], queue=queue)
 
 
 def check_permission(run, user: str | None, is_admin: bool, action: str) -> None:

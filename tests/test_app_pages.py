@@ -263,7 +263,8 @@ def test_runs_page_resume_queues_a_stopped_run(
     at.run()
     at.button(key="act.resume").click().run()
     assert not at.exception
-    assert store.get_run(run_id).status == "queued"
+    # queued, unless a worker of this session took the message at once and started it
+    assert store.get_run(run_id).status in {"queued", "running", "succeeded"}
     # the message is either still in the queue or a worker of this session already took it
     # (it may be between popping the message and recording its host: wait for that)
     deadline = time.monotonic() + 60

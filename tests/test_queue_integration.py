@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,6 +75,32 @@ def training_pids(run_id: str) -> list[int]:
         and run_id in " ".join(p.info["cmdline"] or [])
         and p.info["status"] != "zombie"
     ]
+
+
+def test_a_submit_goes_to_the_broker_redis_url_names_now(ssl_home, idle_queue, redis_url):
+    """The Celery app reads REDIS_URL once, when it is imported; a submit must reach the broker
+    `check_broker` just reached, not the URL of import time (nothing listens on port 1)."""
+    name, client = idle_queue
+    script = f"""
+import os
+os.environ["REDIS_URL"] = "redis://127.0.0.1:1/0"
+import tasks.celery_app  # configured with a broker that is not there
+os.environ["REDIS_URL"] = {redis_url!r}
+from tasks.submit import submit
+print(submit({tiny_simclr()!r}, queue={name!r}))
+"""
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=root,
+        env=os.environ,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert client.llen(name) == 1
+    assert Store.default().get_run(r.stdout.strip().splitlines()[-1]).status == "queued"
 
 
 def test_unreachable_broker_names_url_and_queues_nothing(ssl_home, monkeypatch):
