@@ -50,6 +50,22 @@ class DatasetConfig(Section):
     max_per_class: int | None = Field(
         None, ge=1, description="keep at most this many images per class (quick experiments)"
     )
+    test_max_per_class: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "at most this many held-out (test split) images per class; empty = max_per_class. "
+            "Train on a subset, evaluate on more: a larger held-out set narrows the kNN and "
+            "probe accuracies (2,000 images: one standard error ~1 point; 10,000: ~0.5)"
+        ),
+    )
+
+    def max_per_class_of(self, split: str) -> int | None:
+        """The per-class cap a run applies to `split`: test_max_per_class for the test split
+        when it is set (and the test split is not the train split), else max_per_class."""
+        if split == self.test_split != self.train_split and self.test_max_per_class is not None:
+            return self.test_max_per_class
+        return self.max_per_class
 
     @model_validator(mode="after")
     def _root_needed(self) -> DatasetConfig:

@@ -481,8 +481,14 @@ def test_launch_page_shows_dataset_counts_before_launch(ssl_home):
     at.text_input(key="cfg.dataset.max_per_class").set_value("5").run()
     assert not at.exception
     captions = " ".join(c.value for c in at.caption)
-    assert "at most 5 images of each class" in captions
+    assert "dataset.max_per_class 5: at most that many images of each class" in captions
     assert "train: ≤ 50" in captions and "test: ≤ 50" in captions
+    # the held-out split may keep more (digits' test split has 360 images)
+    at.text_input(key="cfg.dataset.test_max_per_class").set_value("20").run()
+    assert not at.exception
+    captions = " ".join(c.value for c in at.caption)
+    assert "dataset.max_per_class 5, dataset.test_max_per_class 20" in captions
+    assert "train: ≤ 50" in captions and "test: ≤ 200" in captions
 
 
 def test_launch_page_lists_data_roots_and_counts_the_chosen_one(ssl_home):

@@ -96,6 +96,27 @@ def test_digits_max_per_class_and_bad_split(tmp_path):
         load_dataset("digits", None, "validation", 16, tmp_path)
 
 
+def test_test_max_per_class_caps_only_the_held_out_split(tmp_path, monkeypatch):
+    from sslengine.config import parse_config
+    from sslengine.train.data import load_split, load_splits
+
+    monkeypatch.setenv("SSL_CACHE", str(tmp_path))
+    both = parse_config({"dataset": {"image_size": 16, "max_per_class": 5}})
+    train, test = load_splits(both)
+    assert (len(train), len(test)) == (50, 50)  # empty: the held-out split takes max_per_class
+    more = parse_config(
+        {"dataset": {"image_size": 16, "max_per_class": 5, "test_max_per_class": 20}}
+    )
+    train, test = load_splits(more)
+    assert len(train) == 50 and np.bincount(test.labels).tolist() == [20] * 10
+    assert len(load_split(more, "test")) == 200
+    # only the test split: a dataset read with the train split twice keeps max_per_class
+    same = more.model_copy(deep=True)
+    same.dataset.test_split = "train"
+    assert same.dataset.max_per_class_of("train") == 5
+    assert more.dataset.max_per_class_of("test") == 20
+
+
 # ---------------------------------------------------------------------------- cache
 
 

@@ -10,7 +10,7 @@ from app.auth import current_user, require_launch
 from app.dataset_choices import BUILT_IN_LABEL, dataset_choices
 from app.forms import config_form, error_owner, form_paths
 from app.state import link_to_run, store
-from sslengine.config import ExperimentConfig, config_errors, parse_config
+from sslengine.config import DatasetConfig, ExperimentConfig, config_errors, parse_config
 from sslengine.data.paths import dataset_roots
 from sslengine.methods import METHODS
 from sslengine.presets import PRESETS
@@ -137,11 +137,17 @@ with dataset_box:
             + (" …" if n_classes > 20 else "")
             + ("" if ds.get("name") != "digits" else f" · {BUILT_IN_LABEL}")
         )
-        cap = ds.get("max_per_class")
-        if isinstance(cap, int) and cap > 0 and n_classes:
-            used = {k: min(v, cap * n_classes) for k, v in info["per_split"].items()}
+        try:
+            dcfg = DatasetConfig.model_validate(ds)
+        except ValueError:  # the form shows what is wrong with it
+            dcfg = None
+        caps = {k: dcfg.max_per_class_of(k) for k in info["per_split"]} if dcfg else {}
+        if any(caps.values()) and n_classes:
+            used = {k: min(v, (caps[k] or v) * n_classes) for k, v in info["per_split"].items()}
+            named = {f: ds[f] for f in ("max_per_class", "test_max_per_class") if ds.get(f)}
             st.caption(
-                f"dataset.max_per_class {cap}: at most {cap:,} images of each class are used, "
+                ", ".join(f"dataset.{f} {c:,}" for f, c in named.items())
+                + ": at most that many images of each class are used, "
                 + ", ".join(f"{k}: ≤ {v:,}" for k, v in used.items())
             )
 

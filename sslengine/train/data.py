@@ -11,6 +11,8 @@ from sslengine.settings import cache_dir
 
 
 def load_split(cfg: ExperimentConfig, split: str) -> ImageArrayDataset:
+    """One split, decoded once into the uint8 cache, capped per class as
+    `DatasetConfig.max_per_class_of` says."""
     d = cfg.dataset
     return load_dataset(
         d.name,
@@ -18,7 +20,7 @@ def load_split(cfg: ExperimentConfig, split: str) -> ImageArrayDataset:
         split,
         d.image_size,
         cache_dir(),
-        max_per_class=d.max_per_class,
+        max_per_class=d.max_per_class_of(split),
         allowed_roots=dataset_roots() if d.root else None,
     )
 
