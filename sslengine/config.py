@@ -298,6 +298,15 @@ class RelativePositionConfig(Section):
 
     patch_gap: int = Field(2, ge=0, description="pixels between patches; 0 = patch / 2")
     color_drop: bool = True
+    neighbours: int = Field(
+        1,
+        ge=1,
+        le=8,
+        description=(
+            "distinct neighbours of each centre patch, each a pair to classify: 1 = the "
+            "paper's one pair per image; k pairs cost 1 + k patches through the trunk"
+        ),
+    )
 
 
 class PIRLConfig(Section):

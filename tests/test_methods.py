@@ -128,3 +128,34 @@ def test_simclr_per_view_forward_is_batchnorm_per_view():
         by_hand = nt_xent(z1, z2, temperature=0.5)
         assert torch.allclose(got, by_hand, atol=1e-6)
         assert abs(got.item() - joint(views, idx).loss.item()) > 1e-3
+
+
+def test_relative_position_pairs_every_neighbour_with_its_own_centre():
+    """relative_position.neighbours k: the loss over B*k pairs equals the pairs classified one
+    by one (centre i with its neighbours i*k..i*k+k-1), BN in eval mode so batches agree."""
+    import torch.nn.functional as F
+
+    from sslengine.methods import build_method
+
+    cfg = parse_config(
+        {
+            "method": "relative_position",
+            "dataset": {"name": "digits", "image_size": 32},
+            "relative_position": {"neighbours": 3, "color_drop": False},
+        }
+    )
+    torch.manual_seed(0)
+    method = build_method(cfg, 100, (0.5, 0.5, 0.5), (0.25, 0.25, 0.25)).eval()
+    images = (torch.rand(4, 3, 32, 32) * 255).to(torch.uint8)
+    centre, neighbour, labels = method.make_views(images, torch.Generator().manual_seed(1))
+    assert neighbour.shape[0] == labels.shape[0] == 12
+    with torch.no_grad():
+        got = method(method.make_views(images, torch.Generator().manual_seed(1)), None).loss
+        losses = []
+        for i in range(4):
+            pc = method.per_patch(method.backbone(centre[i : i + 1]))
+            for j in range(3):
+                pn = method.per_patch(method.backbone(neighbour[i * 3 + j : i * 3 + j + 1]))
+                logits = method.head(torch.cat([pc, pn], dim=1))
+                losses.append(F.cross_entropy(logits, labels[i * 3 + j : i * 3 + j + 1]))
+    assert got.item() == pytest.approx(torch.stack(losses).mean().item(), rel=1e-5)

@@ -211,6 +211,45 @@ def test_relative_patch_positions_match_labels(size, patch, gap, jitter):
             assert abs(dx) - p >= gap - 2 * jitter >= 0
 
 
+@pytest.mark.parametrize("k", [3, 8])
+def test_relative_patch_k_distinct_neighbours_of_one_centre(k):
+    b, size, p, gap, jitter = 16, 32, 7, 3, 1  # the 32 px defaults (see above)
+    x = coordinate_images(b, 1, size, size)
+    g = torch.Generator().manual_seed(3)
+    centre, neighbour, labels = relative_patch_batch(x, generator=g, neighbours=k)
+    assert centre.shape == (b, 1, p, p) and neighbour.shape == (b * k, 1, p, p)
+    assert labels.shape == (b * k,)
+    for s in range(b):
+        mine = labels[s * k : (s + 1) * k].tolist()
+        assert len(set(mine)) == k  # distinct positions around the same centre
+        cy, cx = corner(centre[s, 0], size)
+        for n, label in enumerate(mine):
+            ny, nx = corner(neighbour[s * k + n, 0], size)
+            row, col = NEIGHBOUR_OFFSETS[label]
+            for d, r in ((ny - cy, row), (nx - cx, col)):
+                assert abs(d - (r - 1) * (p + gap)) <= 2 * jitter
+    if k == 8:
+        assert all(sorted(labels[s * 8 : (s + 1) * 8].tolist()) == list(range(8)) for s in range(b))
+    with pytest.raises(ValueError, match="neighbours"):
+        relative_patch_batch(x, neighbours=9)
+
+
+def test_relative_patch_one_neighbour_keeps_the_draw_order():
+    """neighbours=1 (the default) draws origin y, origin x, then the label, as the one-pair
+    batch always did: a run's batches do not change with the option's arrival."""
+    x = coordinate_images(8, 1, 32, 32)
+    c, n, labels = relative_patch_batch(x, generator=torch.Generator().manual_seed(5))
+    g = torch.Generator().manual_seed(5)
+    footprint = 3 * 7 + 2 * 3 + 2 * 1  # the 32 px defaults
+    origin_y = torch.randint(0, 32 - footprint + 1, (8,), generator=g) + 1
+    origin_x = torch.randint(0, 32 - footprint + 1, (8,), generator=g) + 1
+    assert torch.equal(labels, torch.randint(0, 8, (8,), generator=g))
+    assert n.shape == c.shape == (8, 1, 7, 7)
+    for s in range(8):  # the centre sits at grid (1, 1) of that origin, within the jitter
+        cy, cx = corner(c[s, 0], 32)
+        assert abs(cy - (origin_y[s] + 7 + 3)) <= 1 and abs(cx - (origin_x[s] + 7 + 3)) <= 1
+
+
 def test_relative_patch_colour_dropping():
     torch.manual_seed(0)
     x = torch.rand(16, 3, 40, 40) * 255

@@ -307,6 +307,7 @@ def relative_patch_batch(
     jitter: int | None = None,
     color_drop: bool = True,
     noise_scale: float = 0.01,
+    neighbours: int = 1,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """A centre patch, one of its 8 neighbours and the neighbour's position (Doersch et al.).
 
@@ -327,29 +328,41 @@ def relative_patch_batch(
             chromatic aberration). We chose it over the paper's alternative "projection" (green
             and magenta shifted towards gray) because it needs no dataset statistics.
         noise_scale: std of the replacement noise relative to the kept channel's std.
+        neighbours: k distinct neighbours of every centre (1..8), each its own pair: k pairs
+            for 1 + k patches through the trunk. 1 is the paper's one pair per image.
 
     Returns:
-        ``centre`` (B, C, p, p), ``neighbour`` (B, C, p, p) as float (float32 for uint8 input,
-        same value scale) and ``labels`` (B,) in 0..7, indexing ``NEIGHBOUR_OFFSETS``.
+        ``centre`` (B, C, p, p), ``neighbour`` (B * k, C, p, p) as float (float32 for uint8
+        input, same value scale) and ``labels`` (B * k,) in 0..7, indexing
+        ``NEIGHBOUR_OFFSETS``; neighbour row ``i * k + n`` belongs to centre ``i``.
     """
     _check_images(x)
+    if not 1 <= neighbours <= 8:
+        raise ValueError(f"neighbours must be 1..8, got {neighbours}")
     b, c, h, w = x.shape
+    k = neighbours
     p, g, j = _relative_patch_geometry(min(h, w), patch_size, gap, jitter)
     device = x.device
     footprint = 3 * p + 2 * g + 2 * j
     origin_y = _randint(h - footprint + 1, (b,), generator, device) + j
     origin_x = _randint(w - footprint + 1, (b,), generator, device) + j
-    labels = _randint(8, (b,), generator, device)
-    offsets = torch.tensor(NEIGHBOUR_OFFSETS, device=device)[labels]  # (B, 2) (row, col)
-    grid_rc = torch.stack([torch.ones_like(offsets), offsets], dim=1)  # (B, 2 patches, 2)
-    shift = _randint(2 * j + 1, (b, 2, 2), generator, device) - j
+    if k == 1:
+        labels = _randint(8, (b, 1), generator, device)
+    else:  # k distinct positions: the first k of a random permutation of the 8, per image
+        gen_device = generator.device if generator is not None else torch.device("cpu")
+        keys = torch.rand((b, 8), generator=generator, device=gen_device)
+        labels = keys.argsort(dim=1)[:, :k].to(device)
+    offsets = torch.tensor(NEIGHBOUR_OFFSETS, device=device)[labels]  # (B, k, 2) (row, col)
+    centre_rc = torch.ones_like(offsets[:, :1])
+    grid_rc = torch.cat([centre_rc, offsets], dim=1)  # (B, 1 + k patches, 2)
+    shift = _randint(2 * j + 1, (b, 1 + k, 2), generator, device) - j
     top = origin_y[:, None] + grid_rc[..., 0] * (p + g) + shift[..., 0]
     left = origin_x[:, None] + grid_rc[..., 1] * (p + g) + shift[..., 1]
-    patches = _crop(x.permute(0, 2, 3, 1), top, left, p)  # (B, 2, C, p, p)
+    patches = _crop(x.permute(0, 2, 3, 1), top, left, p)  # (B, 1 + k, C, p, p)
     if not patches.is_floating_point():
         patches = patches.float()
-    centre, neighbour = patches[:, 0], patches[:, 1]
+    centre, neighbour = patches[:, 0], patches[:, 1:].flatten(0, 1)
     if color_drop and c == 3:
         centre = _drop_colours(centre, generator, noise_scale)
         neighbour = _drop_colours(neighbour, generator, noise_scale)
-    return centre, neighbour, labels
+    return centre, neighbour, labels.reshape(-1)

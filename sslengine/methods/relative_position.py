@@ -31,15 +31,17 @@ class RelativePosition(PretextMethod):
             generator=generator,
             gap=c.patch_gap if c.patch_gap else None,
             color_drop=c.color_drop,
+            neighbours=c.neighbours,
         )
         return [centre, neighbour, labels.to(x.device)]
 
     def forward(self, views: list[Tensor], indices: Tensor) -> StepOutput:
         centre, neighbour, labels = views
         n = centre.shape[0]
+        k = neighbour.shape[0] // n  # neighbours per centre
         h = self.backbone(torch.cat([centre, neighbour]))
         p = self.per_patch(h)
-        logits = self.head(torch.cat([p[:n], p[n:]], dim=1))
+        logits = self.head(torch.cat([p[:n].repeat_interleave(k, dim=0), p[n:]], dim=1))
         loss = pretext_cross_entropy(logits, labels)
         acc = (logits.argmax(1) == labels).float().mean()
         return StepOutput(loss=loss, features=h[:n].detach(), metrics={"pretext_acc": acc})
