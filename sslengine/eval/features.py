@@ -299,37 +299,21 @@ def extract_features_distributed(
             raise ValueError(f"labels must have shape ({n},), got {labels.shape}")
     if isinstance(taps, str):
         taps = (taps,)
+
+    def extract(rows: np.ndarray | None) -> dict[str, np.ndarray]:
+        return extract_features(
+            backbone, images, mean, std, taps, batch_size, device, pool, progress,
+            indices=rows, patch_grid=patch_grid,
+        )  # fmt: skip
+
     if indices is None:
         if not is_dist():
-            out = extract_features(
-                backbone,
-                images,
-                mean,
-                std,
-                taps,
-                batch_size,
-                device,
-                pool,
-                progress,
-                patch_grid=patch_grid,
-            )
+            out = extract(None)
             return out if labels is None else {**out, "labels": labels.copy()}
         indices = shard_indices(n, dist.get_rank(), dist.get_world_size())
     indices = np.asarray(indices, dtype=np.int64).reshape(-1)
     if indices.size:
-        local = extract_features(
-            backbone,
-            images,
-            mean,
-            std,
-            taps,
-            batch_size,
-            device,
-            pool,
-            progress,
-            indices,
-            patch_grid,
-        )
+        local = extract(indices)
     else:  # fewer images than ranks: this rank only takes part in the gather
         local = {tap: np.zeros((0, 0), dtype=np.float32) for tap in taps}
     if labels is not None:
