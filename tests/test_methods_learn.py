@@ -126,8 +126,8 @@ def _table(outcomes: dict[str, Outcome], load_before: float) -> str:
     lines = [
         f"seed {SEED}; load average (1 min) {load_before:.1f} at submission, "
         f"{os.getloadavg()[0]:.1f} at the end, on {os.cpu_count()} CPUs",
-        "| method | images/class | px | epochs | steps | wall (s) | kNN tap | kNN trained "
-        "| kNN random | gain |",
+        "| method | images/class (train/test) | px | epochs | steps | wall (s) | kNN readout "
+        "| kNN trained | kNN random | gain |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for o in outcomes.values():
@@ -136,9 +136,12 @@ def _table(outcomes: dict[str, Outcome], load_before: float) -> str:
         knn = "-" if o.knn is None else f"{o.knn:.3f}"
         gain = "-" if o.knn is None else f"{o.knn - o.random_init_knn:+.3f}"
         wall = "-" if o.wall_s is None else f"{o.wall_s:.0f}"
+        grid = c.eval.knn_patch_grid
+        readout = c.eval.knn_tap + (f", {grid}x{grid} cells" if grid > 1 else "")
+        per_class = f"{c.dataset.max_per_class}/{c.dataset.max_per_class_of('test')}"
         lines.append(
-            f"| {o.method} | {c.dataset.max_per_class} | {c.dataset.image_size} | "
-            f"{c.train.epochs} | {steps} | {wall} | {c.eval.knn_tap} | {knn} | "
+            f"| {o.method} | {per_class} | {c.dataset.image_size} | "
+            f"{c.train.epochs} | {steps} | {wall} | {readout} | {knn} | "
             f"{o.random_init_knn:.3f} | {gain} |"
         )
     return "\n".join(lines)
@@ -164,6 +167,7 @@ def learned(celery_worker, queue_name) -> dict[str, Outcome]:
             cfg.backbone.model_dump_json(),
             cfg.dataset.model_dump_json(),
             cfg.eval.knn_tap,
+            cfg.eval.knn_patch_grid,
         )
         if str(key) not in cache:
             cache[str(key)] = random_init_knn(cfg)
