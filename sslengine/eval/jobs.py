@@ -36,7 +36,12 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
-from sslengine.config import ExperimentConfig, format_validation_error, parse_config
+from sslengine.config import (
+    MIN_PATCH_CELL,
+    ExperimentConfig,
+    format_validation_error,
+    parse_config,
+)
 from sslengine.data.datasets import ImageArrayDataset
 from sslengine.models.backbones import TAPS, Backbone, build_backbone
 from sslengine.store import Store
@@ -235,7 +240,8 @@ def validate_request(
 ) -> EvalRequest:
     """Check a request without computing or writing anything; ValueError says what is wrong.
 
-    `layer`: None = the kind's default (probe: every tap; finetune: "all"; others: "pooled");
+    `layer`: None = the kind's default (probe: every tap; finetune: "all"; knn: the run's
+    eval.knn_tap; others: "pooled");
     for probe a comma-separated list of taps; for clusters "prototypes" selects SwAV's.
     `check_data` loads the dataset's labels (from the decoded cache) for the kinds that need
     labels.
@@ -252,6 +258,12 @@ def validate_request(
     checkpoint = _checkpoint(store, run_id, checkpoint_step)
     cfg = parse_config(run.config)
     layers = _resolve_layers(kind, layer, parsed, cfg)
+    grid = getattr(parsed, "patch_grid", None)
+    if grid and cfg.dataset.image_size // grid < MIN_PATCH_CELL:
+        raise ValueError(
+            f"patch_grid {grid} cuts this run's {cfg.dataset.image_size} px images into "
+            f"{cfg.dataset.image_size // grid} px cells; cells need at least {MIN_PATCH_CELL} px"
+        )
     if check_data and kind in NEEDS_LABELS:
         _check_labels(cfg, kind)
     return EvalRequest(run, kind, checkpoint, cfg, layers, parsed)
