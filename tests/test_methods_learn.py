@@ -51,7 +51,7 @@ PRESET_OF = {
 # presets hold out the whole CIFAR-10 test split (10,000 images), so one standard error of an
 # accuracy near 0.27 is ~0.45 point (with 2,000 held-out images it was ~1 point, and jigsaw's
 # seeds 3 and 4 fell short on that noise alone). The seven methods that pass gained +4.4 to
-# +9.4 points over seeds 0-4 (BENCHMARKS.md).
+# +11.7 points (seeds 0-2; jigsaw 0-4; BENCHMARKS.md).
 MARGIN = 0.03
 SEED = int(os.environ.get("SSL_LEARN_SEED", "0"))
 # Methods that do not clear the margin within this CPU budget (numbers in BENCHMARKS.md). They
