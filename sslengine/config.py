@@ -77,6 +77,19 @@ class DatasetConfig(Section):
 # The smallest cell (px) eval.knn_patch_grid may cut an image into.
 MIN_PATCH_CELL = 4
 
+
+def patch_grid_problem(field: str, grid: int, image_size: int) -> str | None:
+    """Why a ``grid`` x ``grid`` readout of ``image_size`` px images is refused, naming
+    ``field``; None when its cells are large enough (at least MIN_PATCH_CELL px)."""
+    cell = image_size // grid
+    if cell >= MIN_PATCH_CELL:
+        return None
+    return (
+        f"{field} {grid} cuts {image_size} px images into {cell} px cells; cells need at "
+        f"least {MIN_PATCH_CELL} px (lower the grid or raise dataset.image_size)"
+    )
+
+
 # Images at least this large get Gaussian blur when views.blur_p is left empty (auto).
 BLUR_AUTO_MIN_SIZE = 64
 
@@ -374,13 +387,11 @@ class ExperimentConfig(Section):
                 f"train.batch_size {self.train.batch_size} is not divisible by "
                 f"train.devices {devices}"
             )
-        cell = self.dataset.image_size // self.eval.knn_patch_grid
-        if cell < MIN_PATCH_CELL:
-            raise ValueError(
-                f"eval.knn_patch_grid {self.eval.knn_patch_grid} cuts "
-                f"{self.dataset.image_size} px images into {cell} px cells; cells need at "
-                f"least {MIN_PATCH_CELL} px (lower the grid or raise dataset.image_size)"
-            )
+        grid_problem = patch_grid_problem(
+            "eval.knn_patch_grid", self.eval.knn_patch_grid, self.dataset.image_size
+        )
+        if grid_problem:
+            raise ValueError(grid_problem)
         if self.method == "moco" and self.moco.queue_size % self.train.batch_size:
             raise ValueError(
                 f"moco.queue_size {self.moco.queue_size} must be divisible by "

@@ -314,6 +314,7 @@ def test_knn_job_defaults_to_the_tap_the_runs_own_knn_read():
 def test_knn_job_refuses_a_patch_grid_too_fine_for_the_runs_images(finished_run):
     store = Store.default()
     before = len(store.list_eval_results(finished_run))
-    with pytest.raises(ValueError, match="patch_grid 8 cuts this run's 16 px images into 2 px"):
+    too_fine = "this run's images: patch_grid 8 cuts 16 px images into 2 px"
+    with pytest.raises(ValueError, match=too_fine):
         run_evaluation(store, finished_run, "knn", params={"patch_grid": 8})
     assert len(store.list_eval_results(finished_run)) == before

@@ -37,10 +37,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
 from sslengine.config import (
-    MIN_PATCH_CELL,
     ExperimentConfig,
     format_validation_error,
     parse_config,
+    patch_grid_problem,
 )
 from sslengine.data.datasets import ImageArrayDataset
 from sslengine.models.backbones import TAPS, Backbone, build_backbone
@@ -259,11 +259,9 @@ def validate_request(
     cfg = parse_config(run.config)
     layers = _resolve_layers(kind, layer, parsed, cfg)
     grid = getattr(parsed, "patch_grid", None)
-    if grid and cfg.dataset.image_size // grid < MIN_PATCH_CELL:
-        raise ValueError(
-            f"patch_grid {grid} cuts this run's {cfg.dataset.image_size} px images into "
-            f"{cfg.dataset.image_size // grid} px cells; cells need at least {MIN_PATCH_CELL} px"
-        )
+    grid_problem = grid and patch_grid_problem("patch_grid", grid, cfg.dataset.image_size)
+    if grid_problem:
+        raise ValueError(f"this run's images: {grid_problem}")
     if check_data and kind in NEEDS_LABELS:
         _check_labels(cfg, kind)
     return EvalRequest(run, kind, checkpoint, cfg, layers, parsed)
