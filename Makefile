@@ -3,6 +3,10 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+# Let Python cache compiled modules (__pycache__, git-ignored) even where the environment says
+# not to: every test starts dozens of processes (workers, launchers, ranks, the CLI), and each
+# would otherwise recompile the whole library (~0.6 s a process on a 2-core CPU).
+unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: up test lint format bench clean-var
 

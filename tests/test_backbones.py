@@ -10,10 +10,11 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
+from torchvision.models import resnet as tv_resnet
 
 from sslengine.eval.features import extract_features
 from sslengine.models import BACKBONES, TAPS, Backbone, build_backbone, projection_mlp
+from sslengine.models import backbones as backbones_module
 
 torch.set_num_threads(1)
 
@@ -112,11 +113,8 @@ def test_stems(name):
 @pytest.mark.parametrize("name", ["small_resnet", "resnet50"])
 def test_zero_init_residual(name):
     def last_bn_gammas(b: Backbone) -> list[torch.Tensor]:
-        return [
-            m.bn3.weight if isinstance(m, Bottleneck) else m.bn2.weight
-            for m in b.modules()
-            if isinstance(m, BasicBlock | Bottleneck)
-        ]
+        blocks = [blk for layer in (b.layer1, b.layer2, b.layer3, b.layer4) for blk in layer]
+        return [blk.bn3.weight if hasattr(blk, "bn3") else blk.bn2.weight for blk in blocks]
 
     zeroed = last_bn_gammas(build_backbone(name, zero_init_residual=True))
     plain = last_bn_gammas(build_backbone(name))
@@ -135,6 +133,43 @@ def test_matches_torchvision_resnet18():
     x = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
         assert _rel_err(b(x), ref(x)) < 1e-4
+
+
+@pytest.mark.parametrize("cifar_stem", [True, False])
+def test_small_resnet_blocks_draw_torchvision_weights_and_compute_the_same(monkeypatch, cifar_stem):
+    """The small ResNet's own BasicBlock (kept so that a process training it never imports
+    torchvision) is torchvision's: built from one seed with either block class, the state dicts
+    are equal (same names, same draws in the same order) and so are the outputs."""
+    torch.manual_seed(5)
+    ours = build_backbone("small_resnet", cifar_stem=cifar_stem).eval()
+    monkeypatch.setattr(backbones_module, "BasicBlock", tv_resnet.BasicBlock)
+    torch.manual_seed(5)
+    ref = build_backbone("small_resnet", cifar_stem=cifar_stem).eval()
+    assert isinstance(ref.layer2[0], tv_resnet.BasicBlock)
+    assert not isinstance(ours.layer2[0], tv_resnet.BasicBlock)
+    a, b = ours.state_dict(), ref.state_dict()
+    assert list(a) == list(b)
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+    x = torch.randn(3, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.allclose(ours.forward_taps(x, TAPS)["pooled"], ref(x), atol=1e-6)
+        assert torch.equal(ours(x), ref(x))
+
+
+def test_importing_the_library_for_the_small_resnet_leaves_torchvision_unimported():
+    """torchvision (and torch._dynamo, which it imports) costs ~2 s of every process start."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, sslengine.methods, sslengine.train.loop, tasks.submit;"
+        "from sslengine.models import build_backbone;"
+        "build_backbone('small_resnet', cifar_stem=True);"
+        "print(sorted(m for m in ('torchvision', 'torch._dynamo') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
 
 
 def test_small_resnet_trains_fast():

@@ -18,6 +18,10 @@ Taps (shapes for an input (B, 3, H, W)):
 Weights are always built with ``weights=None``: nothing is ever downloaded. The parameter
 names (``conv1.weight``, ``layer1.0.bn1.running_mean``, ...) are torchvision's, so a
 torchvision ResNet state dict without ``fc.*`` loads into the matching Backbone.
+
+torchvision is imported only to build resnet18 / resnet50: importing it also imports
+torch._dynamo (through torchvision.ops), about 2 s of every process start on a 2-core CPU, and
+every worker, launcher and rank that trains the small ResNet would pay it for nothing.
 """
 
 from __future__ import annotations
@@ -25,9 +29,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
-import torchvision
 from torch import Tensor, nn
-from torchvision.models.resnet import BasicBlock, Bottleneck, conv1x1
 
 TAPS: tuple[str, ...] = ("conv1", "layer1", "layer2", "layer3", "layer4", "pooled")
 
@@ -36,13 +38,44 @@ TAPS: tuple[str, ...] = ("conv1", "layer1", "layer2", "layer3", "layer4", "poole
 SMALL_RESNET_WIDTHS: tuple[int, int, int, int] = (16, 32, 64, 128)
 
 
+class BasicBlock(nn.Module):
+    """The two-conv residual block of He et al. 2016, with torchvision's attribute names and
+    construction order (conv1, bn1, conv2, bn2; the caller builds `downsample` first), so a
+    seed draws the same weights as torchvision's ``BasicBlock`` (tests/test_backbones.py)."""
+
+    expansion = 1
+
+    def __init__(
+        self, in_ch: int, out_ch: int, stride: int = 1, downsample: nn.Module | None = None
+    ) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_ch)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_ch)
+        self.downsample = downsample
+        self.stride = stride
+
+    def forward(self, x: Tensor) -> Tensor:
+        identity = x if self.downsample is None else self.downsample(x)
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.bn2(self.conv2(out))
+        return self.relu(out + identity)
+
+
+def _closing_bn(block: nn.Module) -> nn.BatchNorm2d:
+    """The BN closing a residual block's branch: bn3 of a bottleneck, bn2 of a basic block
+    (ours or torchvision's)."""
+    bn = getattr(block, "bn3", None) or getattr(block, "bn2", None)
+    if not isinstance(bn, nn.BatchNorm2d):
+        raise TypeError(f"unsupported residual block {type(block).__name__}")
+    return bn
+
+
 def _block_out_channels(block: nn.Module) -> int:
-    """Output channels of a torchvision residual block (the BN closing its residual branch)."""
-    if isinstance(block, Bottleneck):
-        return block.bn3.num_features
-    if isinstance(block, BasicBlock):
-        return block.bn2.num_features
-    raise TypeError(f"unsupported residual block {type(block).__name__}")
+    """Output channels of a residual block."""
+    return _closing_bn(block).num_features
 
 
 class Backbone(nn.Module):
@@ -139,9 +172,7 @@ def _init_like_torchvision(module: nn.Module, zero_init_residual: bool) -> None:
             nn.init.zeros_(m.bias)
     if zero_init_residual:
         for m in module.modules():
-            if isinstance(m, Bottleneck):
-                nn.init.zeros_(m.bn3.weight)
-            elif isinstance(m, BasicBlock):
+            if isinstance(m, BasicBlock):
                 nn.init.zeros_(m.bn2.weight)
 
 
@@ -156,7 +187,9 @@ def _cifar_conv1(out_channels: int) -> nn.Conv2d:
 def _from_torchvision(
     name: str, cifar_stem: bool, zero_init_residual: bool, channels_last: bool
 ) -> Backbone:
-    net = getattr(torchvision.models, name)(weights=None, zero_init_residual=zero_init_residual)
+    from torchvision import models  # ~2 s: only when a torchvision ResNet is asked for
+
+    net = getattr(models, name)(weights=None, zero_init_residual=zero_init_residual)
     conv1, maxpool = net.conv1, net.maxpool
     if cifar_stem:
         conv1, maxpool = _cifar_conv1(net.conv1.out_channels), nn.Identity()
@@ -174,7 +207,9 @@ def _from_torchvision(
 def _stage(in_ch: int, out_ch: int, blocks: int, stride: int) -> nn.Sequential:
     downsample = None
     if stride != 1 or in_ch != out_ch:
-        downsample = nn.Sequential(conv1x1(in_ch, out_ch, stride), nn.BatchNorm2d(out_ch))
+        downsample = nn.Sequential(
+            nn.Conv2d(in_ch, out_ch, 1, stride=stride, bias=False), nn.BatchNorm2d(out_ch)
+        )
     layers = [BasicBlock(in_ch, out_ch, stride, downsample)]
     layers += [BasicBlock(out_ch, out_ch) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
