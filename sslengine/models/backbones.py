@@ -43,8 +43,6 @@ class BasicBlock(nn.Module):
     construction order (conv1, bn1, conv2, bn2; the caller builds `downsample` first), so a
     seed draws the same weights as torchvision's ``BasicBlock`` (tests/test_backbones.py)."""
 
-    expansion = 1
-
     def __init__(
         self, in_ch: int, out_ch: int, stride: int = 1, downsample: nn.Module | None = None
     ) -> None:
@@ -55,7 +53,6 @@ class BasicBlock(nn.Module):
         self.conv2 = nn.Conv2d(out_ch, out_ch, 3, stride=1, padding=1, bias=False)
         self.bn2 = nn.BatchNorm2d(out_ch)
         self.downsample = downsample
-        self.stride = stride
 
     def forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
