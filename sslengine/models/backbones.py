@@ -61,18 +61,14 @@ class BasicBlock(nn.Module):
         return self.relu(out + identity)
 
 
-def _closing_bn(block: nn.Module) -> nn.BatchNorm2d:
-    """The BN closing a residual block's branch: bn3 of a bottleneck, bn2 of a basic block
-    (ours or torchvision's)."""
-    bn = getattr(block, "bn3", None) or getattr(block, "bn2", None)
-    if not isinstance(bn, nn.BatchNorm2d):
-        raise TypeError(f"unsupported residual block {type(block).__name__}")
-    return bn
-
-
 def _block_out_channels(block: nn.Module) -> int:
-    """Output channels of a residual block."""
-    return _closing_bn(block).num_features
+    """Output channels of a residual block (ours or torchvision's): those of the BN closing its
+    branch, bn3 of a bottleneck, bn2 of a basic block."""
+    for name in ("bn3", "bn2"):
+        bn = getattr(block, name, None)
+        if isinstance(bn, nn.BatchNorm2d):
+            return bn.num_features
+    raise TypeError(f"unsupported residual block {type(block).__name__}")
 
 
 class Backbone(nn.Module):
